@@ -1,0 +1,143 @@
+"""The `slmserve` command: serve, generate, chat, bench, models.
+
+Flags of serve/generate/chat are generated from Settings' fields, so they match env vars and .env exactly.
+A flag that is not given leaves the env/.env/default value in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from slmserve.settings import Settings
+
+app = typer.Typer(help="slmserve: a fast, concurrent server for small language models.", no_args_is_help=True)
+
+
+def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give `func` one --option per Settings field; it receives the built Settings as `settings`."""
+    own = [p for p in inspect.signature(func).parameters.values() if p.name != "settings"]
+    names = {p.name for p in own}
+    extra = []
+    for name, info in Settings.model_fields.items():
+        if name in names:
+            continue
+        kind = info.annotation if info.annotation in (int, float, str, bool) else str
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
+        help_text = f"{info.description} [env SLMSERVE_{name.upper()}]"
+        option = typer.Option(None, *decls, help=help_text, show_default=False, rich_help_panel="Settings")
+        extra.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
+
+    def wrapper(**kwargs: Any) -> Any:
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k not in names and kwargs[k] is not None}
+        for k in [k for k in kwargs if k not in names]:
+            kwargs.pop(k)
+        return func(settings=Settings(**given), **kwargs)
+
+    wrapper.__signature__ = inspect.Signature([*own, *extra])
+    wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
+    return wrapper
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+@_settings_options
+def serve(settings: Settings) -> None:
+    """Start the HTTP server (OpenAI API, /health, /metrics) on the configured model."""
+    import uvicorn
+
+    from slmserve.server.app import create_app
+
+    _logging(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@app.command()
+@_settings_options
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.7,
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    settings: Settings = None,
+) -> None:
+    """Answer one prompt, streaming the text to the terminal."""
+    from slmserve.terminal import run_chat_turns
+
+    messages = [{"role": "system", "content": system}] if system else []
+    run_chat_turns(settings, messages, [prompt], max_tokens, temperature)
+
+
+@app.command()
+@_settings_options
+def chat(
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 512,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.7,
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    settings: Settings = None,
+) -> None:
+    """An interactive multi-turn chat in the terminal (Ctrl-D or /exit to leave)."""
+    from slmserve.terminal import prompt_lines, run_chat_turns
+
+    messages = [{"role": "system", "content": system}] if system else []
+    run_chat_turns(settings, messages, prompt_lines(), max_tokens, temperature)
+
+
+@app.command()
+def bench(
+    url: Annotated[str, typer.Option(help="Base URL of an OpenAI-compatible server.")] = "http://127.0.0.1:8000",
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,8,32",
+    requests: Annotated[int | None, typer.Option(help="Requests per level (default: 2 x concurrency, >= 8).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens each request generates.")] = 128,
+    ignore_eos: Annotated[bool, typer.Option(help="Send ignore_eos and an EOS logit_bias: exactly max_tokens.")] = True,
+    eos_token_ids: Annotated[str, typer.Option(help="Token ids to ban with --ignore-eos.")] = "0,2",
+    model: Annotated[str | None, typer.Option(help="Model name to send (default: the server's first).")] = None,
+    prompt: Annotated[str, typer.Option(help="The user message of every request.")] = "Tell me a story about a cat.",
+    label: Annotated[str, typer.Option(help="Name of the server under test, for the report.")] = "server",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Load-test a server: aggregate tokens/s, TTFT, inter-token latency, latency, errors, per concurrency."""
+    from slmserve.bench import BenchConfig, print_report, run_bench, write_json
+
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    config = BenchConfig(
+        url=url.rstrip("/"),
+        levels=levels,
+        requests=requests,
+        max_tokens=max_tokens,
+        ignore_eos=ignore_eos,
+        eos_token_ids=[int(t) for t in eos_token_ids.split(",") if t.strip()],
+        model=model,
+        prompt=prompt,
+        label=label,
+    )
+    results = asyncio.run(run_bench(config))
+    print_report(config, results)
+    if json_path:
+        write_json(json_path, config, results)
+    if any(r.errors for r in results):
+        sys.exit(1)
+
+
+@app.command()
+def models() -> None:
+    """List the model ids slmserve knows and where their files are."""
+    from slmserve.models.registry import KNOWN_MODELS
+
+    for m in KNOWN_MODELS.values():
+        try:
+            where = str(m.path())
+        except FileNotFoundError as exc:
+            where = f"not installed ({exc})"
+        typer.echo(f"{m.id}\n  {m.description}\n  {where}")

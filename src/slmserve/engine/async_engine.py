@@ -1,0 +1,142 @@
+"""The asyncio face of the engine: one engine thread, one asyncio queue per request.
+
+The HTTP side calls `generate()` and iterates RequestOutputs. Commands (add, abort) cross into the engine
+thread through a thread-safe queue and are applied between steps; outputs come back through each request's
+asyncio queue via call_soon_threadsafe. A request whose consumer goes away (client disconnect, task cancelled)
+is aborted, so its slot is free by the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from slmserve.engine.engine import Engine, RequestOutput
+from slmserve.engine.sampling import SamplingParams
+from slmserve.engine.scheduler import QueueFullError
+
+log = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread failed; requests cannot be served."""
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    sink: Callable[[RequestOutput | BaseException], None]
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine, on_step: Callable[[Engine], None] | None = None) -> None:
+        self.engine = engine
+        self._on_step = on_step  # called in the engine thread after each step (metrics gauges)
+        self._commands: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._sinks: dict[str, Callable[[RequestOutput | BaseException], None]] = {}
+        # Each counter has one writer thread, so no lock is needed; their difference is the adds in flight.
+        self._submitted = 0  # written by the event loop
+        self._applied = 0  # written by the engine thread
+        self._thread = threading.Thread(target=self._loop, name="slmserve-engine", daemon=True)
+        self._error: BaseException | None = None
+        self._thread.start()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.engine.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.engine.scheduler.waiting) + self._submitted - self._applied
+
+    def shutdown(self) -> None:
+        self._commands.put(None)
+        self._thread.join(timeout=10)
+
+    async def generate(
+        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's outputs until it finishes. Raises QueueFullError at once when over capacity."""
+        if self._error is not None:
+            raise EngineDeadError(str(self._error))
+        if self.num_waiting >= self.engine.scheduler.max_waiting:
+            raise QueueFullError(f"{self.num_waiting} requests are already waiting")
+        request_id = request_id or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+
+        def sink(item: RequestOutput | BaseException) -> None:
+            loop.call_soon_threadsafe(outputs.put_nowait, item)
+
+        self._submitted += 1
+        self._commands.put(_Add(request_id, prompt_token_ids, params, sink))
+        finished = False
+        try:
+            while not finished:
+                item = await outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self._commands.put(_Abort(request_id))
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                # Block for commands only when idle; between steps just drain what has arrived.
+                cmd = self._commands.get() if not self.engine.has_work else self._next_command()
+                while cmd is not ...:
+                    if cmd is None:
+                        return
+                    self._apply(cmd)
+                    cmd = self._next_command()
+                if self.engine.has_work:
+                    self._dispatch(self.engine.step())
+                    if self._on_step:
+                        self._on_step(self.engine)
+        except BaseException as exc:  # noqa: BLE001 - every waiting request must hear of it
+            log.exception("engine thread failed")
+            self._error = exc
+            dead = EngineDeadError(f"engine failed: {exc}")
+            for sink in list(self._sinks.values()):
+                sink(dead)
+            self._sinks.clear()
+
+    def _next_command(self):
+        try:
+            return self._commands.get_nowait()
+        except queue.Empty:
+            return ...
+
+    def _apply(self, cmd: _Add | _Abort) -> None:
+        if isinstance(cmd, _Abort):
+            self._sinks.pop(cmd.request_id, None)
+            self.engine.abort(cmd.request_id)
+            return
+        self._applied += 1
+        try:
+            self.engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params)
+        except (QueueFullError, ValueError) as exc:
+            cmd.sink(exc)
+            return
+        self._sinks[cmd.request_id] = cmd.sink
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            sink = self._sinks.pop(out.request_id) if out.finished else self._sinks.get(out.request_id)
+            if sink is not None:
+                sink(out)

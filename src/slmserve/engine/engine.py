@@ -1,0 +1,141 @@
+"""The synchronous engine: add requests, step, abort. Not thread-safe: AsyncEngine owns it from one thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from slmserve.engine.detokenizer import Detokenizer
+from slmserve.engine.sampling import SamplingParams, TokenLogprobs, make_rng, sample
+from slmserve.engine.scheduler import Batch, Scheduler
+from slmserve.engine.sequence import Sequence
+
+
+class Tokenizer(Protocol):
+    eog_token_ids: frozenset[int]
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]: ...
+
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+
+class Runner(Protocol):
+    """A model backend: turns a scheduled batch into logits."""
+
+    tokenizer: Tokenizer
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """Decode the batch; return logits [N, V], one row per chunk with needs_logits, in batch order."""
+        ...
+
+    def trim(self, slot: int, keep: int) -> None:
+        """Forget a slot's KV cache from position `keep` on."""
+        ...
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request: deltas, plus the totals so far."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    num_prompt_tokens: int
+    num_output_tokens: int
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    finish_reason: str | None = None
+    queue_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Engine:
+    def __init__(
+        self, runner: Runner, *, max_running: int, max_waiting: int, token_budget: int, kv_capacity: int
+    ) -> None:
+        self.runner = runner
+        self.tokenizer = runner.tokenizer
+        self.scheduler = Scheduler(max_running, max_waiting, token_budget, kv_capacity)
+        self.requests: dict[str, Sequence] = {}
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request. Raises QueueFullError when the waiting queue is at its limit."""
+        if request_id in self.requests:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        seq = Sequence(
+            request_id,
+            list(prompt_token_ids),
+            params,
+            Detokenizer(self.tokenizer.token_bytes, params.stop),
+            make_rng(params.seed),
+        )
+        self.scheduler.add(seq)
+        self.requests[request_id] = seq
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its slot; None if it is unknown or already done."""
+        seq = self.requests.get(request_id)
+        if seq is None:
+            return None
+        return self._finish(seq, "abort", "", [], [])
+
+    def step(self) -> list[RequestOutput]:
+        """One scheduling round: at most one llama_decode, then one new token per sampling sequence."""
+        batch = self.scheduler.schedule()
+        logits = self.runner.run(batch)
+        return self._postprocess(batch, logits)
+
+    def _postprocess(self, batch: Batch, logits: np.ndarray) -> list[RequestOutput]:
+        outputs = []
+        for row, chunk in enumerate(self.scheduler.postprocess(batch)):
+            outputs.append(self._append_token(chunk.seq, logits[row]))
+        return outputs
+
+    def _append_token(self, seq: Sequence, logits: np.ndarray) -> RequestOutput:
+        params = seq.params
+        token, lp = sample(logits, params, seq.rng, seq.prompt_token_ids, seq.output_token_ids)
+        seq.output_token_ids.append(token)
+        lps = [lp] if lp is not None else []
+        seq.output_logprobs.extend(lps)
+        if token in params.stop_token_ids or (token in self.tokenizer.eog_token_ids and not params.ignore_eos):
+            return self._finish(seq, "stop", seq.detokenizer.flush(), [token], lps)
+        text = seq.detokenizer.push(token)
+        if seq.detokenizer.stop_reason is not None:
+            return self._finish(seq, "stop", text, [token], lps)
+        if seq.num_output_tokens >= params.max_tokens:
+            return self._finish(seq, "length", text + seq.detokenizer.flush(), [token], lps)
+        return self._output(seq, text, [token], lps)
+
+    def _finish(
+        self, seq: Sequence, reason: str, text: str, tokens: list[int], lps: list[TokenLogprobs]
+    ) -> RequestOutput:
+        self.scheduler.remove(seq)
+        del self.requests[seq.request_id]
+        seq.finish_reason = reason
+        return self._output(seq, text, tokens, lps)
+
+    @staticmethod
+    def _output(seq: Sequence, text: str, tokens: list[int], lps: list[TokenLogprobs]) -> RequestOutput:
+        queue_time = None
+        if seq.first_scheduled_time is not None and seq.num_output_tokens == 1:
+            queue_time = seq.first_scheduled_time - seq.arrival_time
+        return RequestOutput(
+            seq.request_id,
+            text,
+            tokens,
+            seq.num_prompt_tokens,
+            seq.num_output_tokens,
+            lps,
+            seq.finish_reason,
+            queue_time,
+        )

@@ -1,0 +1,153 @@
+"""The llama.cpp backend: one context, one sequence id per slot, one llama_decode per engine step."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+import llama_cpp as C
+import numpy as np
+from llama_cpp import _logger as llama_logger
+
+from slmserve.engine.scheduler import Batch
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppTokenizer:
+    """Tokenizer of a loaded GGUF model, with every token's bytes cached for the detokenizer's hot path."""
+
+    def __init__(self, model: C.llama_model_p) -> None:
+        self._vocab = C.llama_model_get_vocab(model)
+        self.vocab_size = C.llama_vocab_n_tokens(self._vocab)
+        self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
+        self.bos_token_id = C.llama_vocab_bos(self._vocab)
+        self.eos_token_id = C.llama_vocab_eos(self._vocab)
+        self.eog_token_ids = frozenset(t for t in range(self.vocab_size) if C.llama_vocab_is_eog(self._vocab, t))
+        self._pieces = [self._piece(t, special=False) for t in range(self.vocab_size)]
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        """A token's text with special tokens spelled out (for chat templates and logprobs)."""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        """Text -> token ids; special-token text such as <|im_start|> is parsed as the special token."""
+        data = text.encode("utf-8")
+        buf = (C.llama_token * (len(data) + 2))()
+        n = C.llama_tokenize(self._vocab, data, len(data), buf, len(buf), add_special, True)
+        if n < 0:
+            buf = (C.llama_token * -n)()
+            n = C.llama_tokenize(self._vocab, data, len(data), buf, len(buf), add_special, True)
+        return list(buf[:n])
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._pieces[token_id]
+
+    def decode(self, token_ids: list[int]) -> str:
+        return b"".join(self._pieces[t] for t in token_ids).decode("utf-8", errors="replace")
+
+
+class LlamaCppRunner:
+    """Owns the llama.cpp model and context. Used from the engine thread only."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        n_threads: int,
+        kv_unified: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        llama_logger.set_verbose(verbose)
+        C.llama_backend_init()
+        self.model = C.llama_model_load_from_file(str(model_path).encode(), C.llama_model_default_params())
+        if not self.model:
+            raise ValueError(f"llama.cpp could not load {model_path}")
+        self.tokenizer = LlamaCppTokenizer(self.model)
+        self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
+        self.metadata = self._read_metadata()
+        params = C.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
+        params.n_seq_max, params.kv_unified = n_seq_max, kv_unified
+        params.n_threads = params.n_threads_batch = n_threads
+        params.no_perf = True
+        self.ctx = C.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            C.llama_model_free(self.model)
+            raise ValueError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq_max})")
+        self.n_ctx = C.llama_n_ctx(self.ctx)
+        self.n_batch = n_batch
+        self._memory = C.llama_get_memory(self.ctx)
+        self._init_batch(n_batch)
+
+    def _init_batch(self, n: int) -> None:
+        # The batch's arrays are numpy-owned so a step fills them with slices, not per-token ctypes calls.
+        self._tokens = np.zeros(n, dtype=np.int32)
+        self._pos = np.zeros(n, dtype=np.int32)
+        self._n_seq_id = np.ones(n, dtype=np.int32)
+        self._seq_ids = np.zeros(n, dtype=np.int32)
+        self._logits = np.zeros(n, dtype=np.int8)
+        int_p = ctypes.POINTER(ctypes.c_int32)
+        base = self._seq_ids.ctypes.data
+        self._seq_id_ptrs = (int_p * n)(*[ctypes.cast(base + 4 * i, int_p) for i in range(n)])
+        self._batch = C.llama_batch()
+        self._batch.token = self._tokens.ctypes.data_as(ctypes.POINTER(C.llama_token))
+        self._batch.pos = self._pos.ctypes.data_as(ctypes.POINTER(C.llama_pos))
+        self._batch.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self._batch.seq_id = self._seq_id_ptrs
+        self._batch.logits = self._logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+
+    def _read_metadata(self) -> dict[str, str]:
+        meta = {}
+        buf = ctypes.create_string_buffer(1 << 20)  # chat templates can be long
+        for i in range(C.llama_model_meta_count(self.model)):
+            n = C.llama_model_meta_key_by_index(self.model, i, buf, len(buf))
+            key = buf.value[:n].decode("utf-8", errors="replace")
+            n = C.llama_model_meta_val_str_by_index(self.model, i, buf, len(buf))
+            meta[key] = buf.value[:n].decode("utf-8", errors="replace")
+        return meta
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """Decode all chunks in one llama_decode; logits [N, V] for the chunks that end their sequence."""
+        for slot, keep in batch.trims:
+            self.trim(slot, keep)
+        n = 0
+        for chunk in batch.chunks:
+            end = n + chunk.length
+            self._tokens[n:end] = chunk.seq.tokens(chunk.start, chunk.length)
+            self._pos[n:end] = np.arange(chunk.start, chunk.start + chunk.length, dtype=np.int32)
+            self._seq_ids[n:end] = chunk.seq.slot
+            self._logits[n:end] = 0
+            self._logits[end - 1] = chunk.needs_logits
+            n = end
+        if n == 0:
+            return np.empty((0, self.tokenizer.vocab_size), dtype=np.float32)
+        self._batch.n_tokens = n
+        rc = C.llama_decode(self.ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
+        n_out = int(self._logits[:n].sum())
+        return np.ctypeslib.as_array(C.llama_get_logits(self.ctx), shape=(n_out, self.tokenizer.vocab_size))
+
+    def trim(self, slot: int, keep: int) -> None:
+        C.llama_memory_seq_rm(self._memory, slot, keep, -1)
+
+    def close(self) -> None:
+        if self.ctx:
+            C.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            C.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,183 @@
+"""Which sequences run in the next step, and how many of their tokens.
+
+No tensors and no I/O: a step is described as chunks (sequence, first position, length), and the runner turns
+them into one llama_decode. Each step carries one token for every decoding sequence, then prefill chunks of
+new or partly prefilled sequences under a token budget (chunked prefill), so a long prompt never freezes the
+streams already running. When the KV cache runs out, the newest sequences are preempted and later recomputed.
+
+Prefix reuse: a freed slot keeps its tokens' KV. A new sequence takes the free slot that shares the longest
+prefix with it and skips computing that prefix (the same idea as llama-server's slot prompt cache); SmolLM2's
+template puts the same system prompt first in every chat. Idle caches are evicted, oldest first, before any
+running sequence is preempted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from slmserve.engine.sequence import Sequence, Status
+
+
+class QueueFullError(Exception):
+    """The waiting queue is at its limit; the caller should retry later."""
+
+
+@dataclass
+class Chunk:
+    """Tokens [start, start + length) of `seq` to feed in this step."""
+
+    seq: Sequence
+    start: int
+    length: int
+
+    @property
+    def needs_logits(self) -> bool:
+        """True when the chunk reaches the sequence's last token, so the step must sample after it."""
+        return self.start + self.length == self.seq.num_tokens
+
+
+@dataclass
+class Batch:
+    chunks: list[Chunk] = field(default_factory=list)
+    trims: list[tuple[int, int]] = field(default_factory=list)  # (slot, keep): drop KV at positions >= keep first
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.length for c in self.chunks)
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+
+class Scheduler:
+    def __init__(self, max_running: int, max_waiting: int, token_budget: int, kv_capacity: int) -> None:
+        self.max_running = max_running
+        self.max_waiting = max_waiting
+        self.token_budget = token_budget
+        self.kv_capacity = kv_capacity
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order: the oldest has priority
+        self._free_slots = list(range(max_running - 1, -1, -1))  # the most recently freed last
+        self._cache: dict[int, list[int]] = {}  # free slot -> the tokens whose KV it still holds
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def kv_used(self) -> int:
+        return sum(s.num_computed for s in self.running) + sum(len(t) for t in self._cache.values())
+
+    @property
+    def num_cached_tokens(self) -> int:
+        return sum(len(t) for t in self._cache.values())
+
+    def add(self, seq: Sequence) -> None:
+        if len(self.waiting) >= self.max_waiting:
+            raise QueueFullError(f"{len(self.waiting)} requests are already waiting")
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out (finished or aborted) at once; its slot is free and keeps its KV as a cache."""
+        if seq in self.running:
+            self.running.remove(seq)
+            self._free_slots.append(seq.slot)
+            self._cache[seq.slot] = seq.tokens(0, seq.num_computed)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.slot = None
+        seq.status = Status.FINISHED
+
+    def schedule(self) -> Batch:
+        batch = Batch()
+        budget, kv_free = self.token_budget, self.kv_capacity - self.kv_used
+        decoding = [s for s in self.running if not s.is_prefilling]
+        kv_free += self._evict(len(decoding) - kv_free, batch)
+        while len(decoding) > kv_free and len(self.running) > 1:
+            victim = self.running[-1]
+            kv_free += victim.num_computed
+            batch.trims.append((self._preempt(victim), 0))
+            if victim in decoding:
+                decoding.remove(victim)
+        for seq in decoding[:budget]:
+            batch.chunks.append(Chunk(seq, seq.num_computed, 1))
+        budget -= len(batch.chunks)
+        kv_free -= len(batch.chunks)
+        for seq in [s for s in self.running if s.is_prefilling]:
+            if budget <= 0:
+                break
+            kv_free += self._evict(min(seq.num_uncomputed, budget) - kv_free, batch)
+            n = min(seq.num_uncomputed, budget, kv_free)
+            if n <= 0:
+                break
+            batch.chunks.append(Chunk(seq, seq.num_computed, n))
+            budget, kv_free = budget - n, kv_free - n
+        # Admit a waiting sequence only when its whole prompt fits the free KV, so it will not be preempted
+        # again at once; the first one always gets in when the cache is empty (lengths are checked upstream).
+        while self.waiting and self._free_slots and budget > 0:
+            seq = self.waiting[0]
+            slot, reuse = self._pick_slot(seq)
+            cached = len(self._cache.get(slot, ()))
+            kv_free += self._evict(seq.num_tokens - reuse - (kv_free + cached - reuse), batch, keep=slot)
+            if seq.num_tokens - reuse > kv_free + cached - reuse:
+                break
+            self.waiting.popleft()
+            self._free_slots.remove(slot)
+            self._cache.pop(slot, None)
+            batch.trims.append((slot, reuse))
+            kv_free += cached - reuse
+            seq.slot, seq.status, seq.num_computed = slot, Status.RUNNING, reuse
+            seq.first_scheduled_time = seq.first_scheduled_time or time.monotonic()
+            self.running.append(seq)
+            n = min(seq.num_uncomputed, budget)
+            batch.chunks.append(Chunk(seq, seq.num_computed, n))
+            budget, kv_free = budget - n, kv_free - n
+        return batch
+
+    def _pick_slot(self, seq: Sequence) -> tuple[int, int]:
+        """The free slot whose cache shares the longest prefix with seq, and that length (< seq's length)."""
+        tokens = seq.tokens(0, seq.num_tokens)
+        # With no prefix to reuse, an empty slot, else the least recently freed cache.
+        best, reuse = next((s for s in self._free_slots if not self._cache.get(s)), self._free_slots[0]), 0
+        for slot in reversed(self._free_slots):
+            n = _common_prefix(self._cache.get(slot, ()), tokens, seq.num_tokens - 1)
+            if n > reuse:
+                best, reuse = slot, n
+        return best, reuse
+
+    def _evict(self, needed: int, batch: Batch, keep: int | None = None) -> int:
+        """Drop idle caches, the least recently freed first, until `needed` cells are won; returns cells won."""
+        won = 0
+        for slot in list(self._free_slots):
+            if won >= needed:
+                break
+            if slot != keep and self._cache.get(slot):
+                won += len(self._cache.pop(slot))
+                batch.trims.append((slot, 0))
+        return won
+
+    def _preempt(self, seq: Sequence) -> int:
+        """Drop a running sequence's KV and put it back at the head of the queue, to be recomputed."""
+        slot = seq.slot
+        self.running.remove(seq)
+        self._free_slots.append(slot)
+        seq.slot, seq.status, seq.num_computed = None, Status.WAITING, 0
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        return slot
+
+    def postprocess(self, batch: Batch) -> list[Chunk]:
+        """Record that the batch's tokens are in the KV cache; return the chunks whose sequence must sample."""
+        for chunk in batch.chunks:
+            chunk.seq.num_computed += chunk.length
+        return [c for c in batch.chunks if c.needs_logits]
+
+
+def _common_prefix(a, b, limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -1,0 +1,73 @@
+"""All the state of one request inside the engine."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from slmserve.engine.detokenizer import Detokenizer
+from slmserve.engine.sampling import SamplingParams, TokenLogprobs
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's tokens and progress. Tokens [0, num_computed) are in the KV cache of `slot`."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    detokenizer: Detokenizer
+    rng: np.random.Generator
+    arrival_time: float = field(default_factory=time.monotonic)
+    output_token_ids: list[int] = field(default_factory=list)
+    output_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    num_computed: int = 0
+    slot: int | None = None
+    status: Status = Status.WAITING
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+    first_scheduled_time: float | None = None
+    num_preemptions: int = 0
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prompt_tokens + self.num_output_tokens
+
+    @property
+    def num_uncomputed(self) -> int:
+        """Tokens still to be fed to the model: the prompt (or its rest), or the one token just sampled."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_uncomputed > 1 or not self.output_token_ids
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def token_at(self, i: int) -> int:
+        n = self.num_prompt_tokens
+        return self.prompt_token_ids[i] if i < n else self.output_token_ids[i - n]
+
+    def tokens(self, start: int, length: int) -> list[int]:
+        n = self.num_prompt_tokens
+        if start + length <= n:
+            return self.prompt_token_ids[start : start + length]
+        return (self.prompt_token_ids + self.output_token_ids)[start : start + length]

@@ -1,0 +1,54 @@
+"""create_app(settings): the FastAPI application, its state and its lifespan. No module globals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from slmserve import __version__
+from slmserve.engine.loader import LoadedModel, load_model
+from slmserve.server import errors
+from slmserve.server.app_state import AppState
+from slmserve.server.routes import health, openai
+from slmserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, model: LoadedModel | None = None) -> FastAPI:
+    """The app. Given no model, it loads settings.model in the background: /health says 503 until ready."""
+    state = AppState(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        loader = None
+        if model is not None:
+            state.attach(model)
+        else:
+            loader = asyncio.create_task(_load(state))
+        try:
+            yield
+        finally:
+            if loader is not None:
+                loader.cancel()
+            state.detach()
+
+    app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
+    app.state.slm = state
+    errors.install_handlers(app, settings.retry_after)
+    app.include_router(health.router)
+    app.include_router(openai.router)
+    return app
+
+
+async def _load(state: AppState) -> None:
+    try:
+        loaded = await asyncio.to_thread(load_model, state.settings)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("could not load the model: %s", exc)
+        state.load_error = str(exc)
+        return
+    state.attach(loaded)

@@ -1,0 +1,115 @@
+"""Every error the API returns, in one place, in OpenAI's shape: {"error": {message, type, param, code}}."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from slmserve.engine.async_engine import EngineDeadError
+from slmserve.engine.scheduler import QueueFullError
+
+log = logging.getLogger(__name__)
+
+_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error", 503: "server_error"}
+
+
+class APIError(Exception):
+    """An error to send to the client as it is."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.status, exc.message, exc.param, exc.code), status_code=exc.status, headers=exc.headers
+    )
+
+
+def model_not_found(name: str, available: list[str]) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' does not exist; available: {', '.join(available)}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def context_too_long(prompt_tokens: int, max_tokens: int, limit: int) -> APIError:
+    if prompt_tokens >= limit:
+        message = f"The prompt has {prompt_tokens} tokens; this model's context holds at most {limit} tokens."
+    else:
+        message = (
+            f"The prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is {prompt_tokens + max_tokens} "
+            f"tokens; this model's context holds at most {limit}. Shorten the prompt or lower max_tokens."
+        )
+    return APIError(400, message, param="messages", code="context_length_exceeded")
+
+
+def queue_full(retry_after: int) -> APIError:
+    return APIError(
+        429,
+        "The server is at capacity; retry shortly.",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def not_ready() -> APIError:
+    return APIError(503, "The model is still loading.", code="model_loading", headers={"Retry-After": "1"})
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return "The request body is not valid JSON.", None
+    where = ".".join(loc)
+    return (f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")), (
+        where or None
+    )
+
+
+def install_handlers(app: FastAPI, retry_after: int) -> None:
+    """Map every exception a route can raise onto an OpenAI-shaped response: bad input is never a 500."""
+
+    @app.exception_handler(APIError)
+    async def _api(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(APIError(400, message, param=param, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
+
+    @app.exception_handler(QueueFullError)
+    async def _full(_: Request, exc: QueueFullError) -> JSONResponse:
+        return error_response(queue_full(retry_after))
+
+    @app.exception_handler(EngineDeadError)
+    async def _dead(_: Request, exc: EngineDeadError) -> JSONResponse:
+        return error_response(APIError(503, str(exc), code="engine_dead"))

@@ -1,0 +1,35 @@
+"""The OpenAI API routes: thin, the work lives in serving_chat / serving_completion."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from slmserve.server.app_state import get_serving
+from slmserve.server.protocol import openai as oa
+from slmserve.server.serving import Serving
+from slmserve.server.serving_chat import create_chat_completion
+from slmserve.server.serving_completion import create_completion
+
+router = APIRouter()
+
+
+def _respond(result):
+    if isinstance(result, oa.BaseModel):
+        return result
+    return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/models", response_model=oa.ModelList)
+async def list_models(serving: Serving = Depends(get_serving)) -> oa.ModelList:
+    return oa.ModelList(data=[oa.ModelCard(id=serving.model.name, max_model_len=serving.model.max_model_len)])
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(req: oa.ChatCompletionRequest, serving: Serving = Depends(get_serving)):
+    return _respond(await create_chat_completion(serving, req))
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(req: oa.CompletionRequest, serving: Serving = Depends(get_serving)):
+    return _respond(await create_completion(serving, req))

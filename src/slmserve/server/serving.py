@@ -1,0 +1,221 @@
+"""From an API request to engine calls and back: prompt building, validation, choices, usage, logprobs.
+
+Routes stay thin: they hand a parsed request here and get a response object or an SSE stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from slmserve.engine.async_engine import AsyncEngine
+from slmserve.engine.engine import RequestOutput
+from slmserve.engine.loader import LoadedModel
+from slmserve.engine.sampling import SamplingParams, TokenLogprobs
+from slmserve.engine.scheduler import QueueFullError
+from slmserve.server import errors
+from slmserve.server.metrics import Metrics
+from slmserve.server.protocol import openai as oa
+
+T = TypeVar("T")
+
+
+@dataclass
+class Choice:
+    """One finished (or running) completion choice, accumulated from engine outputs."""
+
+    index: int
+    text: str = ""
+    num_tokens: int = 0
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add(self, out: RequestOutput) -> None:
+        self.text += out.text
+        self.num_tokens = out.num_output_tokens
+        self.logprobs.extend(out.logprobs)
+        self.finish_reason = out.finish_reason
+
+
+def sse(payload: BaseModel | dict | str) -> str:
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump_json(exclude_none=True)
+    elif isinstance(payload, dict):
+        payload = json.dumps(payload)
+    return f"data: {payload}\n\n"
+
+
+class Serving:
+    """Turns API requests into engine requests for one loaded model."""
+
+    def __init__(self, model: LoadedModel, engine: AsyncEngine, metrics: Metrics, retry_after: int) -> None:
+        self.model = model
+        self.engine = engine
+        self.metrics = metrics
+        self.retry_after = retry_after
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model.name:
+            raise errors.model_not_found(name, [self.model.name])
+
+    def sampling_params(self, req: oa.SamplingFields, prompt_len: int, logprobs: int | None) -> SamplingParams:
+        """Validate lengths and values; raises APIError (400) naming the problem."""
+        limit = self.model.max_model_len
+        max_tokens = req.max_tokens if req.max_tokens is not None else limit - prompt_len
+        if prompt_len >= limit or prompt_len + max_tokens > limit:
+            raise errors.context_too_long(prompt_len, max_tokens, limit)
+        try:
+            bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
+        except ValueError as exc:
+            raise errors.APIError(400, "logit_bias keys must be token ids", param="logit_bias") from exc
+        if any(not 0 <= k < self.model.tokenizer.vocab_size for k in bias):
+            raise errors.APIError(400, "logit_bias names a token id outside the vocabulary", param="logit_bias")
+        try:
+            return SamplingParams(
+                max_tokens=max_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                top_k=req.top_k,
+                min_p=req.min_p,
+                repetition_penalty=req.repetition_penalty,
+                presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty,
+                logit_bias={k: max(-100.0, min(100.0, v)) for k, v in bias.items()},
+                seed=req.seed,
+                stop=req.stop_list,
+                ignore_eos=req.ignore_eos,
+                logprobs=logprobs,
+            )
+        except ValueError as exc:
+            raise errors.APIError(400, str(exc)) from exc
+
+    def admit(self, n: int) -> None:
+        """Refuse up front (429) when n more requests would overflow the waiting queue."""
+        if self.engine.num_waiting + n > self.engine.engine.scheduler.max_waiting:
+            self.metrics.rejected.inc()
+            raise errors.queue_full(self.retry_after)
+
+    def stream_choices(
+        self, prompt_ids: list[int], params: SamplingParams, n: int
+    ) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Outputs of n choices of one prompt, interleaved as they come: (choice index, output)."""
+        self.admit(n)
+        base = uuid.uuid4().hex
+        streams = [
+            self.metrics.observe(self.engine.generate(prompt_ids, self._for_choice(params, i), f"{base}-{i}"))
+            for i in range(n)
+        ]
+        return merge(streams)
+
+    @staticmethod
+    def _for_choice(params: SamplingParams, i: int) -> SamplingParams:
+        """Choices of one seeded request differ from each other but are each reproducible."""
+        if i == 0 or params.seed is None:
+            return params
+        return SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+
+    async def collect(self, prompt_ids: list[int], params: SamplingParams, n: int) -> list[Choice]:
+        choices = [Choice(i) for i in range(n)]
+        async for i, out in self.stream_choices(prompt_ids, params, n):
+            choices[i].add(out)
+        return choices
+
+    def token_str(self, token_id: int) -> str:
+        return self.model.tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
+
+    def chat_logprobs(self, lps: list[TokenLogprobs]) -> oa.ChoiceLogprobs | None:
+        if not lps:
+            return None
+        content = []
+        for lp in lps:
+            tok = self.model.tokenizer.token_bytes(lp.token_id)
+            tops = [
+                oa.TopLogprob(token=self.token_str(t), logprob=v, bytes=list(self.model.tokenizer.token_bytes(t)))
+                for t, v in lp.top
+            ]
+            content.append(
+                oa.TokenLogprob(
+                    token=tok.decode("utf-8", errors="replace"),
+                    logprob=lp.logprob,
+                    bytes=list(tok),
+                    top_logprobs=tops,
+                )
+            )
+        return oa.ChoiceLogprobs(content=content)
+
+    def completion_logprobs(self, lps: list[TokenLogprobs], offset: int) -> oa.CompletionLogprobs | None:
+        if not lps:
+            return None
+        out = oa.CompletionLogprobs()
+        for lp in lps:
+            token = self.token_str(lp.token_id)
+            out.tokens.append(token)
+            out.token_logprobs.append(lp.logprob)
+            out.top_logprobs.append({self.token_str(t): v for t, v in lp.top})
+            out.text_offset.append(offset)
+            offset += len(token)
+        return out
+
+
+async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Items of several async streams as they arrive, tagged with the stream's index; closing it closes all."""
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, T] | BaseException | None] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[T]) -> None:
+        try:
+            async for out in stream:
+                queue.put_nowait((i, out))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(None)
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        done = 0
+        while done < len(tasks):
+            item = await queue.get()
+            if item is None:
+                done += 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()  # a consumer that stops early aborts every choice
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def usage(prompt_tokens: int, choices: list[Choice]) -> oa.Usage:
+    completion = sum(c.num_tokens for c in choices)
+    return oa.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
+
+
+async def sse_stream(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    """Render chunks as SSE, ending with [DONE]; an error after the headers went out becomes an error event."""
+    try:
+        async for chunk in chunks:
+            yield sse(chunk)
+    except QueueFullError:
+        yield sse(errors.error_body(429, "The server is at capacity; retry shortly.", code="rate_limit_exceeded"))
+    except errors.APIError as exc:
+        yield sse(errors.error_body(exc.status, exc.message, exc.param, exc.code))
+    except RuntimeError as exc:
+        yield sse(errors.error_body(503, str(exc), code="engine_error"))
+    yield "data: [DONE]\n\n"
+
+
+def now() -> int:
+    return int(time.time())

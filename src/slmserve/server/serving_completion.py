@@ -1,0 +1,78 @@
+"""POST /v1/completions: one or several prompts (text or token ids) -> Completion or SSE chunks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from slmserve.server import errors
+from slmserve.server.protocol import openai as oa
+from slmserve.server.serving import Choice, Serving, merge, now, sse_stream, usage
+
+
+def _prompts(serving: Serving, prompt) -> list[list[int]]:
+    """Normalise OpenAI's four prompt forms to a list of token-id lists."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        prompt = [prompt]
+    if not prompt:
+        raise errors.APIError(400, "prompt must not be empty", param="prompt")
+    out = []
+    for p in prompt:
+        ids = serving.model.tokenizer.encode(p, add_special=True) if isinstance(p, str) else list(p)
+        if not ids or any(not 0 <= t < serving.model.tokenizer.vocab_size for t in ids):
+            raise errors.APIError(400, "prompt is empty or holds a token id outside the vocabulary", param="prompt")
+        out.append(ids)
+    return out
+
+
+async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.Completion | AsyncIterator[str]:
+    serving.check_model(req.model)
+    prompts = _prompts(serving, req.prompt)
+    params = [serving.sampling_params(req, len(ids), req.logprobs) for ids in prompts]
+    serving.admit(len(prompts) * req.n)
+    echo = [serving.model.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return sse_stream(_chunks(serving, req, prompts, params, echo, include_usage))
+    results = await asyncio.gather(*(serving.collect(ids, p, req.n) for ids, p in zip(prompts, params, strict=True)))
+    choices: list[oa.CompletionChoice] = []
+    all_choices: list[Choice] = []
+    for k, group in enumerate(results):
+        for c in group:
+            choices.append(
+                oa.CompletionChoice(
+                    index=len(choices),
+                    text=echo[k] + c.text,
+                    logprobs=serving.completion_logprobs(c.logprobs, len(echo[k])),
+                    finish_reason=c.finish_reason,
+                )
+            )
+        all_choices.extend(group)
+    prompt_tokens = sum(len(ids) for ids in prompts)
+    return oa.Completion(model=serving.model.name, choices=choices, usage=usage(prompt_tokens, all_choices))
+
+
+async def _chunks(serving: Serving, req, prompts, params, echo, include_usage) -> AsyncIterator[oa.Completion]:
+    head = oa.Completion(model=serving.model.name, created=now(), choices=[])
+    n = req.n
+    for k in range(len(prompts)):
+        for i in range(n):
+            if echo[k]:
+                yield head.model_copy(update={"choices": [oa.CompletionChoice(index=k * n + i, text=echo[k])]})
+    choices = [Choice(i) for i in range(len(prompts) * n)]
+    streams = [serving.stream_choices(ids, p, n) for ids, p in zip(prompts, params, strict=True)]
+    async for k, (i, out) in merge(streams):
+        choices[k * n + i].add(out)
+        if out.text or out.finished:
+            choice = oa.CompletionChoice(
+                index=k * n + i,
+                text=out.text,
+                logprobs=serving.completion_logprobs(out.logprobs, 0),
+                finish_reason=out.finish_reason,
+            )
+            yield head.model_copy(update={"choices": [choice]})
+    if include_usage:
+        prompt_tokens = sum(len(ids) for ids in prompts)
+        yield head.model_copy(update={"choices": [], "usage": usage(prompt_tokens, choices)})

@@ -1,0 +1,50 @@
+"""Every knob of slmserve, declared once.
+
+Values come from (highest first) CLI flags, `SLMSERVE_*` environment variables, a `.env` file, and the defaults
+below. The CLI builds its flags from these fields, so flags, env vars and `--help` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLMSERVE_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="A known model id (see `slmserve models`) or a path to a GGUF file.",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name the API reports and accepts for the model; defaults to the model id."
+    )
+    max_running: int = Field(32, ge=1, le=256, description="Sequences decoded together in one step.")
+    max_waiting: int = Field(
+        256, ge=0, description="Requests allowed to wait for a slot; past this the API answers 429."
+    )
+    ctx_size: int = Field(
+        8192, ge=256, description="KV cache cells shared by all running sequences (the unified context)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Longest prompt + completion one request may use; default min(ctx, trained)."
+    )
+    step_token_budget: int = Field(
+        512, ge=16, description="Tokens one engine step may decode (running tokens plus prefill chunks)."
+    )
+    n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads for llama.cpp.")
+    kv_unified: bool = Field(
+        True, description="One KV buffer for all sequences, so any one request can use the whole context."
+    )
+    retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 429.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @property
+    def model_name(self) -> str:
+        """The name the API shows for the loaded model."""
+        return self.served_model_name or os.path.basename(self.model).removesuffix(".gguf")
