@@ -42,6 +42,7 @@ def load_model(settings: Settings) -> LoadedModel:
         n_batch=settings.step_token_budget,
         n_threads=settings.n_threads,
         kv_unified=settings.kv_unified,
+        kv_cache_type=settings.kv_cache_type,
         verbose=settings.log_level == "debug",
     )
     tok = runner.tokenizer

@@ -14,6 +14,8 @@ from slmserve.engine.scheduler import Batch
 
 log = logging.getLogger(__name__)
 
+_KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0}
+
 
 class LlamaCppTokenizer:
     """Tokenizer of a loaded GGUF model, with every token's bytes cached for the detokenizer's hot path."""
@@ -67,7 +69,8 @@ class LlamaCppRunner:
         n_seq_max: int,
         n_batch: int,
         n_threads: int,
-        kv_unified: bool = True,
+        kv_unified: bool = False,
+        kv_cache_type: str = "f16",
         verbose: bool = False,
     ) -> None:
         llama_logger.set_verbose(verbose)
@@ -81,6 +84,7 @@ class LlamaCppRunner:
         params = C.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
         params.n_seq_max, params.kv_unified = n_seq_max, kv_unified
+        params.type_k = params.type_v = _KV_TYPES[kv_cache_type]
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
         self.ctx = C.llama_init_from_model(self.model, params)

@@ -1,0 +1,70 @@
+"""A byte-level tokenizer and a scripted runner: the engine without weights."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slmserve.engine.engine import Engine
+from slmserve.engine.scheduler import Batch
+
+EOS = 256
+VOCAB = 257
+
+
+class ByteTokenizer:
+    eog_token_ids = frozenset({EOS})
+    vocab_size = VOCAB
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return bytes([token_id]) if token_id < 256 else b""
+
+    def decode(self, token_ids: list[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
+
+
+class ScriptedRunner:
+    """Each sequence 'generates' `script` byte by byte, then EOS; uniform=True gives flat logits instead."""
+
+    def __init__(self, script: bytes = b"hello world", uniform: bool = False) -> None:
+        self.tokenizer = ByteTokenizer()
+        self.script, self.uniform = script, uniform
+        self.batches: list[Batch] = []
+        self.trims: list[tuple[int, int]] = []
+
+    def run(self, batch: Batch) -> np.ndarray:
+        self.trims.extend(batch.trims)
+        self.batches.append(batch)
+        rows = []
+        for chunk in batch.chunks:
+            if not chunk.needs_logits:
+                continue
+            row = np.zeros(VOCAB, dtype=np.float32)
+            if not self.uniform:
+                k = chunk.seq.num_output_tokens
+                row[self.script[k] if k < len(self.script) else EOS] = 10.0
+            rows.append(row)
+        return np.array(rows, dtype=np.float32).reshape(len(rows), VOCAB)
+
+    def trim(self, slot: int, keep: int) -> None:
+        self.trims.append((slot, keep))
+
+
+def make_engine(runner=None, **kw) -> Engine:
+    opts = dict(max_running=4, max_waiting=8, token_budget=64, kv_capacity=1024) | kw
+    return Engine(runner or ScriptedRunner(), **opts)
+
+
+def run_all(engine: Engine, limit: int = 10_000) -> dict[str, str]:
+    """Step until idle; the text of every request by id, and the finish reasons under 'reason:<id>'."""
+    out: dict[str, str] = {}
+    for _ in range(limit):
+        if not engine.has_work:
+            break
+        for o in engine.step():
+            out[o.request_id] = out.get(o.request_id, "") + o.text
+            if o.finished:
+                out[f"reason:{o.request_id}"] = o.finish_reason
+    return out
