@@ -32,10 +32,10 @@ class ScriptedRunner:
         self.tokenizer = ByteTokenizer()
         self.script, self.uniform = script, uniform
         self.batches: list[Batch] = []
-        self.trims: list[tuple[int, int]] = []
+        self.kv_ops: list = []
 
     def run(self, batch: Batch) -> np.ndarray:
-        self.trims.extend(batch.trims)
+        self.kv_ops.extend(batch.kv_ops)
         self.batches.append(batch)
         rows = []
         for chunk in batch.chunks:
@@ -49,7 +49,10 @@ class ScriptedRunner:
         return np.array(rows, dtype=np.float32).reshape(len(rows), VOCAB)
 
     def trim(self, slot: int, keep: int) -> None:
-        self.trims.append((slot, keep))
+        raise AssertionError("the engine must leave KV changes to the batch")
+
+    def copy(self, src: int, dst: int, n: int) -> None:
+        raise AssertionError("the engine must leave KV changes to the batch")
 
 
 def make_engine(runner=None, **kw) -> Engine:

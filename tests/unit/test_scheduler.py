@@ -5,7 +5,7 @@ import pytest
 
 from slmserve.engine.detokenizer import Detokenizer
 from slmserve.engine.sampling import SamplingParams
-from slmserve.engine.scheduler import QueueFullError, Scheduler
+from slmserve.engine.scheduler import Copy, QueueFullError, Scheduler, Trim
 from slmserve.engine.sequence import Sequence, Status
 
 
@@ -85,7 +85,7 @@ def test_a_freed_slot_lends_its_prefix_to_a_new_sequence():
     sched.add(b)
     batch = sched.schedule()
     assert b.slot == a_slot(batch, "b")
-    assert (b.slot, 8) in batch.trims  # keep the 8 shared tokens, drop the rest
+    assert Trim(b.slot, 8) in batch.kv_ops  # keep the 8 shared tokens, drop the rest
     assert [(c.start, c.length) for c in batch.chunks] == [(8, 2)]
 
 
@@ -117,7 +117,7 @@ def test_full_kv_evicts_idle_caches_before_preempting_and_preempts_the_newest():
     sched.add(b)
     batch = sched.schedule()
     assert [c.seq.request_id for c in batch.chunks] == ["a", "b"]  # b fits only once the idle cache is gone
-    assert (old_slot, 0) in batch.trims and sched.num_cached_tokens == 0
+    assert Trim(old_slot, 0) in batch.kv_ops and sched.num_cached_tokens == 0
     decode_one(sched, batch)
     for _ in range(10):
         batch = sched.schedule()
@@ -129,3 +129,44 @@ def test_full_kv_evicts_idle_caches_before_preempting_and_preempts_the_newest():
     assert [c.seq.request_id for c in batch.chunks] == ["a"]
     assert sched.waiting[0] is b
     assert a.status is Status.RUNNING
+
+
+def test_a_shared_prefix_held_by_a_running_sequence_is_copied_into_a_new_slot():
+    sched = Scheduler(max_running=4, max_waiting=8, token_budget=64, kv_capacity=1000)
+    system = list(range(50, 70))  # 20 shared tokens, as a chat template's system prompt
+    a = Sequence("a", system + [1, 2], SamplingParams(), Detokenizer(bytes), np.random.default_rng())
+    sched.add(a)
+    decode_one(sched, sched.schedule())
+    b = Sequence("b", system + [3, 4, 5], SamplingParams(), Detokenizer(bytes), np.random.default_rng())
+    sched.add(b)
+    batch = sched.schedule()
+    assert Copy(a.slot, b.slot, 20) in batch.kv_ops and b.slot != a.slot
+    assert [(c.seq.request_id, c.start, c.length) for c in batch.chunks] == [("a", 22, 1), ("b", 20, 3)]
+
+
+def test_a_few_shared_tokens_are_not_worth_a_copy():
+    sched = Scheduler(max_running=4, max_waiting=8, token_budget=64, kv_capacity=1000)
+    a = seq("a", 5)
+    sched.add(a)
+    decode_one(sched, sched.schedule())
+    b = Sequence("b", [0, 1, 2, 99, 98], SamplingParams(), Detokenizer(bytes), np.random.default_rng())
+    sched.add(b)
+    batch = sched.schedule()
+    assert not any(isinstance(op, Copy) for op in batch.kv_ops)
+    assert [(c.seq.request_id, c.start, c.length) for c in batch.chunks] == [("a", 5, 1), ("b", 0, 5)]
+
+
+def test_batches_list_sequences_in_slot_order():
+    sched = Scheduler(max_running=4, max_waiting=8, token_budget=64, kv_capacity=1000)
+    seqs = [seq(str(i), 3, start=10 * i) for i in range(4)]
+    for s in seqs:
+        sched.add(s)
+    decode_one(sched, sched.schedule())
+    sched.remove(seqs[0])
+    sched.remove(seqs[2])
+    late = [seq(f"late{i}", 3, start=100 + 10 * i) for i in range(2)]
+    for s in late:
+        sched.add(s)
+    batch = sched.schedule()
+    slots = [c.seq.slot for c in batch.chunks]
+    assert slots == sorted(slots) and len(slots) == 4

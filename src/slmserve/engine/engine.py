@@ -36,6 +36,10 @@ class Runner(Protocol):
         """Forget a slot's KV cache from position `keep` on."""
         ...
 
+    def copy(self, src: int, dst: int, n: int) -> None:
+        """Give slot dst the KV of src's first n tokens."""
+        ...
+
 
 @dataclass
 class RequestOutput:

@@ -10,7 +10,7 @@ import llama_cpp as C
 import numpy as np
 from llama_cpp import _logger as llama_logger
 
-from slmserve.engine.scheduler import Batch
+from slmserve.engine.scheduler import Batch, Copy
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class LlamaCppRunner:
         self.tokenizer = LlamaCppTokenizer(self.model)
         self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
         self.metadata = self._read_metadata()
+        # No request can use more than the trained context, so no slot is given more KV than that.
+        n_ctx = min(n_ctx, self.n_ctx_train * (1 if kv_unified else n_seq_max))
+        n_ctx -= 0 if kv_unified else n_ctx % n_seq_max
         params = C.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
         params.n_seq_max, params.kv_unified = n_seq_max, kv_unified
@@ -125,8 +128,11 @@ class LlamaCppRunner:
 
     def run(self, batch: Batch) -> np.ndarray:
         """Decode all chunks in one llama_decode; logits [N, V] for the chunks that end their sequence."""
-        for slot, keep in batch.trims:
-            self.trim(slot, keep)
+        for op in batch.kv_ops:
+            if isinstance(op, Copy):
+                self.copy(op.src, op.dst, op.n)
+            else:
+                self.trim(op.slot, op.keep)
         n = 0
         for chunk in batch.chunks:
             end = n + chunk.length
@@ -147,6 +153,13 @@ class LlamaCppRunner:
 
     def trim(self, slot: int, keep: int) -> None:
         C.llama_memory_seq_rm(self._memory, slot, keep, -1)
+
+    def copy(self, src: int, dst: int, n: int) -> None:
+        # Across split streams llama.cpp copies only whole sequences (the buffer moves at the next decode);
+        # so copy all of src, then cut dst back to the shared prefix.
+        C.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        C.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+        C.llama_memory_seq_rm(self._memory, dst, n, -1)
 
     def close(self) -> None:
         if self.ctx:

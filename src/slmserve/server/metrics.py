@@ -47,23 +47,28 @@ class Metrics:
         self.waiting.set_function(waiting)
 
     async def observe(self, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-        """Pass a request's outputs through, timing them."""
+        """Pass a request's outputs through, timing them; a stream closed early counts as aborted."""
         start = last = time.monotonic()
-        first = True
-        async for out in outputs:
-            now = time.monotonic()
-            if out.token_ids:
-                (self.ttft if first else self.itl).observe(now - (start if first else last))
-                if first:
-                    self.prompt_tokens.inc(out.num_prompt_tokens)
-                first, last = False, now
-                self.generation_tokens.inc(len(out.token_ids))
-            if out.queue_time is not None:
-                self.queue.observe(out.queue_time)
-            if out.finished:
-                self.e2e.observe(now - start)
-                self.requests.labels(out.finish_reason).inc()
-            yield out
+        first, finished = True, False
+        try:
+            async for out in outputs:
+                now = time.monotonic()
+                if out.token_ids:
+                    (self.ttft if first else self.itl).observe(now - (start if first else last))
+                    if first:
+                        self.prompt_tokens.inc(out.num_prompt_tokens)
+                    first, last = False, now
+                    self.generation_tokens.inc(len(out.token_ids))
+                if out.queue_time is not None:
+                    self.queue.observe(out.queue_time)
+                if out.finished:
+                    finished = True
+                    self.e2e.observe(now - start)
+                    self.requests.labels(out.finish_reason).inc()
+                yield out
+        finally:
+            if not finished:
+                self.requests.labels("abort").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
