@@ -28,5 +28,9 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: $(VENV)/.installed-test
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	$(PIP_INSTALL) -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python scripts/bench_compare.py $(ARGS)

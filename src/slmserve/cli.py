@@ -10,6 +10,8 @@ import asyncio
 import inspect
 import logging
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,16 +25,16 @@ app = typer.Typer(help="slmserve: a fast, concurrent server for small language m
 
 def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Give `func` one --option per Settings field; it receives the built Settings as `settings`."""
-    own = [p for p in inspect.signature(func).parameters.values() if p.name != "settings"]
+    own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "settings"]
     names = {p.name for p in own}
     extra = []
     for name, info in Settings.model_fields.items():
         if name in names:
             continue
-        kind = info.annotation if info.annotation in (int, float, str, bool) else str
+        kind = _plain_type(info.annotation)
         flag = "--" + name.replace("_", "-")
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
-        help_text = f"{info.description} [env SLMSERVE_{name.upper()}]"
+        help_text = f"{info.description} (env SLMSERVE_{name.upper()})"
         option = typer.Option(None, *decls, help=help_text, show_default=False, rich_help_panel="Settings")
         extra.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
 
@@ -45,6 +47,14 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__signature__ = inspect.Signature([*own, *extra])
     wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
     return wrapper
+
+
+def _plain_type(annotation: Any) -> type:
+    """int for `int | None`, str for Literal[...] and anything else typer cannot take as it is."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    return annotation if annotation in (int, float, str, bool) else str
 
 
 def _logging(settings: Settings) -> None:
@@ -141,3 +151,7 @@ def models() -> None:
         except FileNotFoundError as exc:
             where = f"not installed ({exc})"
         typer.echo(f"{m.id}\n  {m.description}\n  {where}")
+
+
+if __name__ == "__main__":
+    app()

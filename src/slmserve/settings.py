@@ -32,13 +32,18 @@ class Settings(BaseSettings):
     ctx_size: int = Field(
         24576,
         ge=256,
-        description="KV cache cells in all. Split between the slots (768 each by default) unless --kv-unified.",
+        description=(
+            "KV cache cells in all. Split between the slots (768 each by default, rounded up to a multiple of "
+            "256) unless --kv-unified."
+        ),
     )
     max_model_len: int | None = Field(
         None, ge=16, description="Longest prompt + completion one request may use; default min(ctx, trained)."
     )
     step_token_budget: int = Field(
-        512, ge=16, description="Tokens one engine step may decode (running tokens plus prefill chunks)."
+        256,
+        ge=16,
+        description="Tokens one engine step may decode (running tokens plus prefill chunks); sizes the compute buffer.",
     )
     n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads for llama.cpp.")
     kv_unified: bool = Field(

@@ -81,9 +81,13 @@ class LlamaCppRunner:
         self.tokenizer = LlamaCppTokenizer(self.model)
         self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
         self.metadata = self._read_metadata()
-        # No request can use more than the trained context, so no slot is given more KV than that.
-        n_ctx = min(n_ctx, self.n_ctx_train * (1 if kv_unified else n_seq_max))
-        n_ctx -= 0 if kv_unified else n_ctx % n_seq_max
+        # No request can use more than the trained context, so no slot is given more KV than that; llama.cpp
+        # rounds each split stream up to a multiple of 256 cells, which we do here so n_ctx says what is held.
+        if kv_unified:
+            n_ctx = min(n_ctx, self.n_ctx_train)
+        else:
+            per_slot = min(-(-n_ctx // n_seq_max), self.n_ctx_train)
+            n_ctx = n_seq_max * -(-per_slot // 256) * 256
         params = C.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
         params.n_seq_max, params.kv_unified = n_seq_max, kv_unified

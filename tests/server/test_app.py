@@ -1,0 +1,61 @@
+"""The app without a model: health while loading or after a failed load, settings, and the CLI's flags."""
+
+import subprocess
+import sys
+
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from slmserve.cli import app as cli
+from slmserve.server.app import create_app
+from slmserve.settings import Settings
+
+
+def test_health_is_503_with_the_reason_when_the_model_cannot_load(tmp_path):
+    settings = Settings(model=str(tmp_path / "missing.gguf"))
+    with TestClient(create_app(settings)) as client:
+        for _ in range(100):
+            body = client.get("/health").json()
+            if body["status"] != "loading":
+                break
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "error"
+        assert "missing.gguf" in r.json()["error"]
+        # API calls say the model is not ready, in OpenAI's shape, with a hint to retry.
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+        assert r.headers["retry-after"] == "1"
+
+
+def test_a_file_that_is_not_a_gguf_is_refused_readably(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model")
+    with TestClient(create_app(Settings(model=str(bad)))) as client:
+        for _ in range(200):
+            if client.get("/health").json()["status"] != "loading":
+                break
+        assert client.get("/health").json()["status"] == "error"
+
+
+def test_settings_come_from_env_and_dotenv_and_flags_win(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("SLMSERVE_MAX_RUNNING=7\nSLMSERVE_PORT=9001\n")
+    monkeypatch.setenv("SLMSERVE_PORT", "9002")
+    s = Settings()
+    assert (s.max_running, s.port) == (7, 9002)
+    assert Settings(port=9003).port == 9003
+
+
+def test_every_setting_is_a_serve_flag_with_its_env_var():
+    result = CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    assert result.exit_code == 0
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in result.output
+        assert f"SLMSERVE_{name.upper()}" in result.output
+
+
+def test_bad_flag_values_are_refused_before_anything_loads():
+    r = subprocess.run(
+        [sys.executable, "-m", "slmserve.cli", "serve", "--max-running", "0"], capture_output=True, text=True
+    )
+    assert r.returncode != 0 and "max_running" in (r.stdout + r.stderr)
