@@ -30,10 +30,10 @@ class Settings(BaseSettings):
         256, ge=0, description="Requests allowed to wait for a slot; past this the API answers 429."
     )
     ctx_size: int = Field(
-        24576,
+        16384,
         ge=256,
         description=(
-            "KV cache cells in all. Split between the slots (768 each by default, rounded up to a multiple of "
+            "KV cache cells in all. Split between the slots (512 each by default, rounded up to a multiple of "
             "256) unless --kv-unified."
         ),
     )

@@ -59,7 +59,7 @@ def test_32_concurrent_requests_are_served_together_not_in_a_row(server):
 
 def test_client_disconnect_mid_stream_aborts_and_frees_the_slot(server):
     aborted_before = _finished(server, "abort")
-    body = chat_body("Tell me a very long story.", max_tokens=700, ignore_eos=True, stream=True)
+    body = chat_body("Tell me a very long story.", max_tokens=450, ignore_eos=True, stream=True)
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         for _ in range(6):
@@ -82,7 +82,7 @@ def _finished(server, reason: str) -> float:
 
 def test_full_waiting_queue_answers_429_with_retry_after_and_recovers(tiny_server):
     url = tiny_server.url
-    long = chat_body("Tell me a long story.", max_tokens=700, ignore_eos=True, stream=True)
+    long = chat_body("Tell me a long story.", max_tokens=450, ignore_eos=True, stream=True)
     with (
         httpx.Client(timeout=60) as a,
         httpx.Client(timeout=60) as b,
@@ -113,8 +113,8 @@ def test_full_waiting_queue_answers_429_with_retry_after_and_recovers(tiny_serve
 @pytest.mark.parametrize(
     "words, max_tokens, pattern",
     [
-        (900, None, r"The prompt has \d+ tokens; this model's context holds at most 768 tokens"),
-        (100, 700, r"The prompt \((\d+) tokens\) plus max_tokens \(700\) is \d+ tokens; .* at most 768"),
+        (600, None, r"The prompt has \d+ tokens; this model's context holds at most 512 tokens"),
+        (100, 450, r"The prompt \((\d+) tokens\) plus max_tokens \(450\) is \d+ tokens; .* at most 512"),
     ],
 )
 def test_prompt_that_does_not_fit_is_a_400_naming_the_token_counts(server, words, max_tokens, pattern):
