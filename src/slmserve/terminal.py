@@ -54,7 +54,11 @@ def run_chat_turns(
     settings: Settings, messages: list[dict], turns: Iterable[str], max_tokens: int, temperature: float
 ) -> None:
     """Load the model, then answer each user turn in order, keeping the history."""
-    model = load_model(settings)
+    try:
+        model = load_model(settings)
+    except (FileNotFoundError, ValueError) as exc:
+        _err.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None
     engine = AsyncEngine(model.engine)
     try:
         for turn in turns:

@@ -1,0 +1,44 @@
+"""The command line on the bundled model: generate streams an answer, bench measures a server."""
+
+import json
+import subprocess
+import sys
+
+
+def slmserve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "slmserve.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_generate_prints_the_answer_and_its_speed():
+    r = slmserve("generate", "What is the capital of France?", "--max-tokens", "12", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip()) > 5
+    assert "tokens, first after" in r.stderr and "tok/s" in r.stderr
+
+
+def test_generate_refuses_a_bad_setting():
+    r = slmserve("generate", "hi", "--model", "/nonexistent.gguf")
+    assert r.returncode == 2 and "error: no model '/nonexistent.gguf'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_counts_exactly_max_tokens_per_request_and_writes_json(server, tmp_path):
+    out = tmp_path / "bench.json"
+    r = slmserve(
+        "bench", "--url", server.url, "--concurrency", "1,4", "--requests", "4", "--max-tokens", "16",
+        "--json", str(out),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert [lvl["concurrency"] for lvl in doc["results"]] == [1, 4]
+    for lvl in doc["results"]:
+        assert lvl["errors"] == 0 and lvl["completion_tokens"] == 4 * 16
+        assert lvl["tokens_per_s"] > 0 and 0 < lvl["ttft_p50_s"] <= lvl["latency_p50_s"]
+    assert "tok/s" in r.stdout
+
+
+def test_bench_reports_errors_and_exits_non_zero(tmp_path):
+    r = slmserve("bench", "--url", "http://127.0.0.1:9", "--concurrency", "1", "--requests", "2", timeout=60)
+    assert r.returncode == 1 and "errors" in r.stderr
