@@ -19,28 +19,19 @@ from slmserve.settings import Settings
 TOPICS = ["the sea", "a cat", "Paris", "rain", "computers", "music", "a forest", "the moon"]
 
 
-def generate(engine, prompts: dict[str, list[int]], max_tokens: int) -> dict[str, list[int]]:
-    for rid, ids in prompts.items():
-        engine.add_request(rid, ids, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))
-    out: dict[str, list[int]] = {rid: [] for rid in prompts}
-    while engine.has_work:
-        for o in engine.step():
-            out[o.request_id].extend(o.token_ids)
-    return out
-
-
 def measure(kv_unified: bool, max_tokens: int, crowd: int) -> dict:
     settings = Settings(kv_unified=kv_unified, ctx_size=8192 if kv_unified else 16384, max_running=crowd + 1)
     model = load_model(settings)
     enc = lambda text: model.tokenizer.encode(  # noqa: E731
         model.chat_template.render([{"role": "user", "content": text}]), add_special=False
     )
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     divergences = []
     for i, topic in enumerate(TOPICS):
         target = enc(f"Write a paragraph about {topic}.")
-        alone = generate(model.engine, {"t": target}, max_tokens)["t"]
+        alone = model.engine.generate({"t": target}, params)["t"]
         others = {f"o{k}": enc(f"Question {i}.{k}: name a number.") for k in range(crowd)}
-        among = generate(model.engine, {**others, "t": target}, max_tokens)["t"]
+        among = model.engine.generate({**others, "t": target}, params)["t"]
         first = next((k for k, (a, b) in enumerate(zip(alone, among, strict=True)) if a != b), None)
         divergences.append(first)
     model.close()

@@ -84,3 +84,11 @@ def test_eos_token_is_counted_but_not_shown():
     while engine.has_work:
         outs.extend(engine.step())
     assert outs[-1].token_ids == [EOS] and outs[-1].num_output_tokens == 3 and outs[-1].text == ""
+
+
+def test_offline_generate_runs_prompts_together_to_the_end():
+    runner = ScriptedRunner(script=b"abc")
+    engine = make_engine(runner)
+    out = engine.generate({"x": [1], "y": [2, 3]}, SamplingParams(max_tokens=10, temperature=0))
+    assert out == {"x": [97, 98, 99, EOS], "y": [97, 98, 99, EOS]}
+    assert not engine.has_work

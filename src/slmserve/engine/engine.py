@@ -93,6 +93,16 @@ class Engine:
             return None
         return self._finish(seq, "abort", "", [], [])
 
+    def generate(self, prompts: dict[str, list[int]], params: SamplingParams) -> dict[str, list[int]]:
+        """Offline use: run these prompts together to the end; the generated token ids by request id."""
+        for request_id, prompt_token_ids in prompts.items():
+            self.add_request(request_id, prompt_token_ids, params)
+        tokens: dict[str, list[int]] = {request_id: [] for request_id in prompts}
+        while self.has_work:
+            for out in self.step():
+                tokens[out.request_id].extend(out.token_ids)
+        return tokens
+
     def step(self) -> list[RequestOutput]:
         """One scheduling round: at most one llama_decode, then one new token per sampling sequence."""
         batch = self.scheduler.schedule()
