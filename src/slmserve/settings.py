@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         "q8_0", description="KV cache precision; q8_0 halves its memory at no measured speed cost."
     )
     retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 429.")
+    blocked_words: list[str] = Field(
+        ["hate", "violence"],
+        description="Content filter: user input holding one of these whole words (any case) is refused with 400.",
+    )
+    max_length_limit: int = Field(200, ge=10, description="/generate: the largest max_length (prompt + new tokens).")
+    default_max_length: int = Field(50, ge=10, description="/generate: max_length when the request gives none.")
+    default_temperature: float = Field(0.7, ge=0, le=2, description="/generate: temperature when none is given.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @property

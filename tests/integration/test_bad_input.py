@@ -52,7 +52,12 @@ def test_unknown_route_and_method_are_openai_shaped(server):
 
 
 def test_health_and_metrics(server):
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "model": "smollm2-135m-instruct"}
+    assert httpx.get(f"{server.url}/health").json() == {
+        "status": "healthy",
+        "model": "smollm2-135m-instruct",
+        "device": "CPU",
+        "cuda_available": False,
+    }
     text = httpx.get(f"{server.url}/metrics").text
     for name in [
         "slmserve_time_to_first_token_seconds_bucket",

@@ -50,7 +50,7 @@ class AsyncEngine:
         self._submitted = 0  # written by the event loop
         self._applied = 0  # written by the engine thread
         self._thread = threading.Thread(target=self._loop, name="slmserve-engine", daemon=True)
-        self._error: BaseException | None = None
+        self._error: EngineDeadError | None = None
         self._thread.start()
 
     @property
@@ -62,15 +62,16 @@ class AsyncEngine:
         return len(self.engine.scheduler.waiting) + self._submitted - self._applied
 
     def shutdown(self) -> None:
+        """Stop the engine thread; requests still in flight get EngineDeadError."""
         self._commands.put(None)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=30)
 
     async def generate(
         self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs until it finishes. Raises QueueFullError at once when over capacity."""
         if self._error is not None:
-            raise EngineDeadError(str(self._error))
+            raise self._error
         if self.num_waiting >= self.engine.scheduler.max_waiting:
             raise QueueFullError(f"{self.num_waiting} requests are already waiting")
         request_id = request_id or uuid.uuid4().hex
@@ -96,25 +97,31 @@ class AsyncEngine:
 
     def _loop(self) -> None:
         try:
-            while True:
-                # Block for commands only when idle; between steps just drain what has arrived.
-                cmd = self._commands.get() if not self.engine.has_work else self._next_command()
-                while cmd is not ...:
-                    if cmd is None:
-                        return
-                    self._apply(cmd)
-                    cmd = self._next_command()
-                if self.engine.has_work:
-                    self._dispatch(self.engine.step())
-                    if self._on_step:
-                        self._on_step(self.engine)
+            self._serve()
+            self._error = EngineDeadError("the engine was stopped (model unloaded)")
         except BaseException as exc:  # noqa: BLE001 - every waiting request must hear of it
             log.exception("engine thread failed")
-            self._error = exc
-            dead = EngineDeadError(f"engine failed: {exc}")
-            for sink in list(self._sinks.values()):
-                sink(dead)
-            self._sinks.clear()
+            self._error = EngineDeadError(f"engine failed: {exc}")
+        for sink in list(self._sinks.values()):
+            sink(self._error)
+        self._sinks.clear()
+        while (cmd := self._next_command()) is not ...:
+            if isinstance(cmd, _Add):  # arrived after the end: refuse, never leave it waiting
+                cmd.sink(self._error)
+
+    def _serve(self) -> None:
+        while True:
+            # Block for commands only when idle; between steps just drain what has arrived.
+            cmd = self._commands.get() if not self.engine.has_work else self._next_command()
+            while cmd is not ...:
+                if cmd is None:
+                    return
+                self._apply(cmd)
+                cmd = self._next_command()
+            if self.engine.has_work:
+                self._dispatch(self.engine.step())
+                if self._on_step:
+                    self._on_step(self.engine)
 
     def _next_command(self):
         try:

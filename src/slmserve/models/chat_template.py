@@ -17,7 +17,7 @@ CHATML_TEMPLATE = (
 )
 
 
-def _text(content: Any) -> str:
+def text_of(content: Any) -> str:
     """OpenAI content may be a string or a list of parts; text parts are joined."""
     if content is None or isinstance(content, str):
         return content or ""
@@ -31,5 +31,5 @@ class ChatTemplate:
 
     def render(self, messages: list[dict[str, Any]]) -> str:
         """The prompt for these messages, ending with the assistant's turn opened."""
-        plain = [{**m, "content": _text(m.get("content"))} for m in messages]
+        plain = [{**m, "content": text_of(m.get("content"))} for m in messages]
         return self._formatter(messages=plain).prompt

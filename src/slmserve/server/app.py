@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from slmserve import __version__
-from slmserve.engine.loader import LoadedModel, load_model
+from slmserve.engine.loader import LoadedModel
 from slmserve.server import errors
 from slmserve.server.app_state import AppState
-from slmserve.server.routes import health, openai
+from slmserve.server.routes import gateway, generate, health, openai, slm
 from slmserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def create_app(settings: Settings, model: LoadedModel | None = None) -> FastAPI:
         if model is not None:
             state.attach(model)
         else:
+            state.loading = True  # /health says "loading" from the first request on
             loader = asyncio.create_task(_load(state))
         try:
             yield
@@ -39,16 +40,13 @@ def create_app(settings: Settings, model: LoadedModel | None = None) -> FastAPI:
     app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
     app.state.slm = state
     errors.install_handlers(app, settings.retry_after)
-    app.include_router(health.router)
-    app.include_router(openai.router)
+    for module in (health, openai, gateway, slm, generate):
+        app.include_router(module.router)
     return app
 
 
 async def _load(state: AppState) -> None:
     try:
-        loaded = await asyncio.to_thread(load_model, state.settings)
-    except (FileNotFoundError, ValueError) as exc:
-        log.error("could not load the model: %s", exc)
-        state.load_error = str(exc)
-        return
-    state.attach(loaded)
+        await state.load()
+    except errors.APIError as exc:
+        log.error("%s", exc.message)

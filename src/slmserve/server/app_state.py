@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from slmserve.engine.async_engine import AsyncEngine
-from slmserve.engine.loader import LoadedModel
+from slmserve.engine.loader import LoadedModel, load_model
 from slmserve.server import errors
+from slmserve.server.content_filter import ContentFilter
 from slmserve.server.metrics import Metrics
 from slmserve.server.serving import Serving
 from slmserve.settings import Settings
@@ -24,13 +26,26 @@ class AppState:
     engine: AsyncEngine | None = None
     serving: Serving | None = None
     load_error: str | None = None
+    loading: bool = False
+    _lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.content_filter = ContentFilter(self.settings.blocked_words)
 
     def attach(self, model: LoadedModel) -> None:
         """Serve a loaded model: start its engine thread and wire metrics."""
         self.engine = AsyncEngine(model.engine)
-        self.metrics.bind_gauges(lambda: self.engine.num_running, lambda: self.engine.num_waiting)
-        self.serving = Serving(model, self.engine, self.metrics, self.settings.retry_after)
-        self.model = model
+        self.metrics.bind_gauges(lambda: self.num_running, lambda: self.num_waiting)
+        self.serving = Serving(model, self.engine, self.metrics, self.settings)
+        self.model, self.load_error = model, None
+
+    @property
+    def num_running(self) -> int:
+        return self.engine.num_running if self.engine else 0
+
+    @property
+    def num_waiting(self) -> int:
+        return self.engine.num_waiting if self.engine else 0
 
     def detach(self) -> None:
         if self.engine is not None:
@@ -38,6 +53,37 @@ class AppState:
         if self.model is not None:
             self.model.close()
         self.model = self.engine = self.serving = None
+
+    async def load(self) -> bool:
+        """Load settings.model unless loaded; True if this call loaded it. Raises APIError(503) on failure."""
+        async with self._lifecycle:
+            if self.serving is not None:
+                return False
+            self.loading = True
+            try:
+                loaded = await asyncio.to_thread(load_model, self.settings)
+            except (FileNotFoundError, ValueError) as exc:
+                self.load_error = str(exc)
+                raise errors.APIError(503, f"could not load the model: {exc}", code="model_load_failed") from exc
+            finally:
+                self.loading = False
+            self.attach(loaded)
+            return True
+
+    async def unload(self, drain_seconds: float = 60.0) -> bool:
+        """Stop taking requests, let those in flight finish (up to drain_seconds), then free the model.
+
+        False if no model was loaded. Requests still running after drain_seconds end with a 503-style error.
+        """
+        async with self._lifecycle:
+            if self.serving is None:
+                return False
+            self.serving = None  # new requests now get 503 and load on demand where a route does that
+            deadline = asyncio.get_running_loop().time() + drain_seconds
+            while self.num_running + self.num_waiting and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(self.detach)
+            return True
 
 
 def get_state(request: Request) -> AppState:

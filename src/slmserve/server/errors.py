@@ -1,4 +1,8 @@
-"""Every error the API returns, in one place, in OpenAI's shape: {"error": {message, type, param, code}}."""
+"""Every error the API returns, in one place.
+
+OpenAI routes (/v1/..., /chat/completions) answer in OpenAI's shape {"error": {message, type, param, code}}, with
+400 for invalid input; the seeds' routes answer as FastAPI does, {"detail": ...}, with 422 for invalid input.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ import logging
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmserve.engine.async_engine import EngineDeadError
 from slmserve.engine.scheduler import QueueFullError
+from slmserve.server import content_filter
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,10 @@ def queue_full(retry_after: int) -> APIError:
     )
 
 
+def blocked_content() -> APIError:
+    return APIError(400, content_filter.REFUSAL, code="content_filter")
+
+
 def not_ready() -> APIError:
     return APIError(503, "The model is still loading.", code="model_loading", headers={"Retry-After": "1"})
 
@@ -89,27 +99,41 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     )
 
 
+def is_openai_route(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith("/v1/") or path == "/chat/completions"
+
+
+def respond(request: Request, exc: APIError) -> JSONResponse:
+    """The error in the shape of the route it happened on."""
+    if is_openai_route(request):
+        return error_response(exc)
+    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
 def install_handlers(app: FastAPI, retry_after: int) -> None:
-    """Map every exception a route can raise onto an OpenAI-shaped response: bad input is never a 500."""
+    """Map every exception a route can raise onto a 4xx/503 in the route's shape: bad input is never a 500."""
 
     @app.exception_handler(APIError)
-    async def _api(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+    async def _api(request: Request, exc: APIError) -> JSONResponse:
+        return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if not is_openai_route(request):
+            return await request_validation_exception_handler(request, exc)
         message, param = _validation_message(exc)
         return error_response(APIError(400, message, param=param, code="invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
+        return respond(request, APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(QueueFullError)
-    async def _full(_: Request, exc: QueueFullError) -> JSONResponse:
-        return error_response(queue_full(retry_after))
+    async def _full(request: Request, exc: QueueFullError) -> JSONResponse:
+        return respond(request, queue_full(retry_after))
 
     @app.exception_handler(EngineDeadError)
-    async def _dead(_: Request, exc: EngineDeadError) -> JSONResponse:
-        return error_response(APIError(503, str(exc), code="engine_dead"))
+    async def _dead(request: Request, exc: EngineDeadError) -> JSONResponse:
+        return respond(request, APIError(503, str(exc), code="engine_dead"))

@@ -21,8 +21,10 @@ from slmserve.engine.loader import LoadedModel
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import errors
+from slmserve.server.content_filter import ContentFilter
 from slmserve.server.metrics import Metrics
 from slmserve.server.protocol import openai as oa
+from slmserve.settings import Settings
 
 T = TypeVar("T")
 
@@ -55,44 +57,59 @@ def sse(payload: BaseModel | dict | str) -> str:
 class Serving:
     """Turns API requests into engine requests for one loaded model."""
 
-    def __init__(self, model: LoadedModel, engine: AsyncEngine, metrics: Metrics, retry_after: int) -> None:
+    def __init__(self, model: LoadedModel, engine: AsyncEngine, metrics: Metrics, settings: Settings) -> None:
         self.model = model
         self.engine = engine
         self.metrics = metrics
-        self.retry_after = retry_after
+        self.settings = settings
+        self.retry_after = settings.retry_after
+        self.content_filter = ContentFilter(settings.blocked_words)
+
+    def check_content(self, *texts: str | None) -> None:
+        """400 when user input holds a blocked word."""
+        if self.content_filter.blocks(*texts):
+            raise errors.blocked_content()
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model.name:
             raise errors.model_not_found(name, [self.model.name])
 
     def sampling_params(self, req: oa.SamplingFields, prompt_len: int, logprobs: int | None) -> SamplingParams:
-        """Validate lengths and values; raises APIError (400) naming the problem."""
-        limit = self.model.max_model_len
-        max_tokens = req.max_tokens if req.max_tokens is not None else limit - prompt_len
-        if prompt_len >= limit or prompt_len + max_tokens > limit:
-            raise errors.context_too_long(prompt_len, max_tokens, limit)
+        """An OpenAI request's sampling fields, checked; raises APIError (400) naming the problem."""
         try:
             bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
         except ValueError as exc:
             raise errors.APIError(400, "logit_bias keys must be token ids", param="logit_bias") from exc
         if any(not 0 <= k < self.model.tokenizer.vocab_size for k in bias):
             raise errors.APIError(400, "logit_bias names a token id outside the vocabulary", param="logit_bias")
+        return self.build_params(
+            prompt_len,
+            req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            min_p=req.min_p,
+            repetition_penalty=req.repetition_penalty,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            logit_bias={k: max(-100.0, min(100.0, v)) for k, v in bias.items()},
+            seed=req.seed,
+            stop=req.stop_list,
+            ignore_eos=req.ignore_eos,
+            logprobs=logprobs,
+        )
+
+    def build_params(self, prompt_len: int, max_tokens: int | None, **fields) -> SamplingParams:
+        """SamplingParams for a prompt of prompt_len tokens; None max_tokens means the rest of the context.
+
+        Raises APIError(400): context_length_exceeded when prompt + max_tokens does not fit, or a bad value.
+        """
+        limit = self.model.max_model_len
+        max_tokens = max_tokens if max_tokens is not None else limit - prompt_len
+        if prompt_len >= limit or prompt_len + max_tokens > limit:
+            raise errors.context_too_long(prompt_len, max_tokens, limit)
         try:
-            return SamplingParams(
-                max_tokens=max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                top_k=req.top_k,
-                min_p=req.min_p,
-                repetition_penalty=req.repetition_penalty,
-                presence_penalty=req.presence_penalty,
-                frequency_penalty=req.frequency_penalty,
-                logit_bias={k: max(-100.0, min(100.0, v)) for k, v in bias.items()},
-                seed=req.seed,
-                stop=req.stop_list,
-                ignore_eos=req.ignore_eos,
-                logprobs=logprobs,
-            )
+            return SamplingParams(max_tokens=max_tokens, **fields)
         except ValueError as exc:
             raise errors.APIError(400, str(exc)) from exc
 

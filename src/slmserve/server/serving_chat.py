@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from slmserve.models.chat_template import text_of
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, sse_stream, usage
 
@@ -12,7 +13,9 @@ async def create_chat_completion(
     serving: Serving, req: oa.ChatCompletionRequest
 ) -> oa.ChatCompletion | AsyncIterator[str]:
     serving.check_model(req.model)
-    prompt = serving.model.chat_template.render([m.model_dump(exclude_none=True) for m in req.messages])
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    serving.check_content(*(text_of(m.get("content")) for m in messages))
+    prompt = serving.model.chat_template.render(messages)
     # The template writes any BOS itself, as Hugging Face's apply_chat_template does.
     prompt_ids = serving.model.tokenizer.encode(prompt, add_special=False)
     top = (req.top_logprobs or 0) if req.logprobs else None

@@ -29,6 +29,8 @@ def _prompts(serving: Serving, prompt) -> list[list[int]]:
 
 async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.Completion | AsyncIterator[str]:
     serving.check_model(req.model)
+    texts = [req.prompt] if isinstance(req.prompt, str) else [p for p in req.prompt if isinstance(p, str)]
+    serving.check_content(*texts)
     prompts = _prompts(serving, req.prompt)
     params = [serving.sampling_params(req, len(ids), req.logprobs) for ids in prompts]
     serving.admit(len(prompts) * req.n)

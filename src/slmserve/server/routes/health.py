@@ -13,12 +13,13 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 once the model is loaded and the engine runs; 503 while loading or after a load failure."""
+    """200 once the model is loaded and the engine runs; 503 while loading, after a failure, or when unloaded."""
     state = get_state(request)
+    body = {"model": state.settings.model_name, "device": "CPU", "cuda_available": False}
     if state.serving is None:
-        status = "error" if state.load_error else "loading"
-        return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
-    return JSONResponse({"status": "ok", "model": state.model.name})
+        status = "loading" if state.loading else ("error" if state.load_error else "unloaded")
+        return JSONResponse({"status": status, "error": state.load_error, **body}, status_code=503)
+    return JSONResponse({"status": "healthy", **body})
 
 
 @router.get("/metrics")

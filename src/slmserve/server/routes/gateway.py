@@ -1,0 +1,44 @@
+"""Seed 000 (model host + gateway) and seed 001 (/chat/completions), on the shared engine."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from slmserve.server import serving_seeds
+from slmserve.server.app_state import get_serving, get_state
+from slmserve.server.protocol import openai as oa
+from slmserve.server.protocol import seeds as sd
+from slmserve.server.routes.openai import chat_completions
+from slmserve.server.serving import Serving
+
+router = APIRouter()
+
+
+@router.get("/")
+async def root(request: Request) -> dict:
+    """A health check for API clients (seed 000's GET /)."""
+    state = get_state(request)
+    return {"status": "healthy" if state.serving else "unavailable", "model": state.settings.model_name, "ui": "/ui"}
+
+
+@router.post("/infer", response_model=sd.InferResponse)
+async def infer(req: sd.InferRequest, serving: Serving = Depends(get_serving)) -> sd.InferResponse:
+    """The assistant's answer only (the seed echoed the whole prompt back; this does not)."""
+    choice, _ = await serving_seeds.answer(serving, req)
+    return sd.InferResponse(response=choice.text)
+
+
+@router.post("/chat", response_model=sd.ChatResponse)
+async def chat(req: sd.ChatRequest, serving: Serving = Depends(get_serving)) -> sd.ChatResponse:
+    return await serving_seeds.chat(serving, req)
+
+
+@router.post("/chat/batched", response_model=sd.BatchedResponse)
+async def chat_batched(req: sd.BatchedRequest, serving: Serving = Depends(get_serving)) -> sd.BatchedResponse:
+    return await serving_seeds.chat_batched(serving, req)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions_alias(req: oa.ChatCompletionRequest, serving: Serving = Depends(get_serving)):
+    """Seed 001's path for the OpenAI chat completion; `model` may be omitted."""
+    return await chat_completions(req, serving)

@@ -1,0 +1,162 @@
+"""The seed designs' endpoints on the shared engine: /infer, /chat, /chat/batched, /generate, /slm/*."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from pydantic import ValidationError
+
+from slmserve.engine.scheduler import QueueFullError
+from slmserve.server import errors
+from slmserve.server.app_state import AppState
+from slmserve.server.protocol import seeds as sd
+from slmserve.server.serving import Choice, Serving, usage
+
+DEVICE = "cpu"
+
+
+def chat_ids(serving: Serving, system_prompt: str, user_prompt: str) -> tuple[str, list[int]]:
+    """Prompt text and tokens for one user turn; no system prompt lets the template add its default."""
+    serving.check_content(system_prompt, user_prompt)
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": user_prompt}
+    ]
+    prompt = serving.model.chat_template.render(messages)
+    return prompt, serving.model.tokenizer.encode(prompt, add_special=False)
+
+
+async def answer(serving: Serving, req: sd.InferRequest) -> tuple[Choice, int]:
+    """The assistant's answer to a /infer or /chat request, and the prompt's token count."""
+    _, ids = chat_ids(serving, req.system_prompt, req.user_prompt)
+    params = serving.build_params(
+        len(ids), req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed
+    )
+    choice = (await serving.collect(ids, params, 1))[0]
+    return choice, len(ids)
+
+
+async def chat(serving: Serving, req: sd.ChatRequest) -> sd.ChatResponse:
+    choice, prompt_tokens = await answer(serving, req)
+    return sd.ChatResponse(chat_id=req.chat_id, response=choice.text, usage=usage(prompt_tokens, [choice]))
+
+
+async def chat_batched(serving: Serving, req: sd.BatchedRequest) -> sd.BatchedResponse:
+    """All queries go to the engine at once; each one that fails gets its own error, in query order."""
+
+    async def one(query: dict) -> sd.BatchedResult:
+        chat_id = str(query.get("chat_id")) if query.get("chat_id") is not None else None
+        try:
+            r = await chat(serving, sd.ChatRequest.model_validate(query))
+            return sd.BatchedResult(chat_id=r.chat_id, response=r.response, usage=r.usage)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            return sd.BatchedResult(chat_id=chat_id, error=problems, status=422)
+        except errors.APIError as exc:
+            return sd.BatchedResult(chat_id=chat_id, error=exc.message, status=exc.status)
+        except QueueFullError:
+            return sd.BatchedResult(chat_id=chat_id, error="The server is at capacity; retry shortly.", status=429)
+
+    results = await asyncio.gather(*(one(q) for q in req.queries))
+    return sd.BatchedResponse(responses=[r.response or "" for r in results], results=list(results))
+
+
+async def generate(serving: Serving, req: sd.GenerateRequest) -> sd.GenerateResponse:
+    """Seeds 003/004: continue the prompt as plain text; generated_text is prompt + continuation."""
+    settings = serving.settings
+    if req.model is not None:
+        serving.check_model(req.model)
+    serving.check_content(req.prompt)
+    max_length = req.max_length or settings.default_max_length
+    if max_length > settings.max_length_limit:
+        raise errors.APIError(422, f"max_length must be at most {settings.max_length_limit}")
+    temperature = settings.default_temperature if req.temperature is None else req.temperature
+    ids = serving.model.tokenizer.encode(req.prompt, add_special=True)
+    if len(ids) >= max_length:
+        raise errors.APIError(
+            400, f"The prompt is {len(ids)} tokens; max_length ({max_length}) counts the prompt and must exceed it."
+        )
+    start = time.perf_counter()
+    params = serving.build_params(
+        len(ids), max_length - len(ids), temperature=temperature if req.do_sample else 0.0, top_k=req.top_k,
+        top_p=req.top_p,
+    )  # fmt: skip
+    choice = (await serving.collect(ids, params, 1))[0]
+    return sd.GenerateResponse(
+        prompt=req.prompt,
+        generated_text=req.prompt + choice.text,
+        model_name=serving.model.name,
+        inference_time_seconds=round(time.perf_counter() - start, 4),
+        parameters={
+            "max_length": max_length,
+            "temperature": temperature,
+            "top_k": req.top_k,
+            "top_p": req.top_p,
+            "do_sample": req.do_sample,
+        },  # fmt: skip
+        metadata={
+            "model": serving.model.name,
+            "device": DEVICE.upper(),
+            "prompt_tokens": len(ids),
+            "completion_tokens": choice.num_tokens,
+            "finish_reason": choice.finish_reason,
+        },  # fmt: skip
+    )
+
+
+def slm_params(serving: Serving, req: sd.SlmGenerateRequest, prompt_len: int):
+    temperature = req.temperature if req.do_sample else 0.0
+    return serving.build_params(
+        prompt_len, req.max_new_tokens, temperature=temperature, top_p=req.top_p, top_k=req.top_k
+    )
+
+
+def slm_settings(req: sd.SlmGenerateRequest) -> dict:
+    return {"max_new_tokens": req.max_new_tokens, "temperature": req.temperature, "do_sample": req.do_sample}
+
+
+async def slm_generate(state: AppState, req: sd.SlmGenerateRequest) -> dict:
+    await state.load()
+    serving = state.serving
+    if serving is None:
+        raise errors.not_ready()
+    prompt, ids = chat_ids(serving, "", req.prompt)
+    choice = (await serving.collect(ids, slm_params(serving, req, len(ids)), 1))[0]
+    return {
+        "success": True,
+        "prompt": req.prompt,
+        "response": choice.text,
+        "full_response": prompt + choice.text,
+        "device": DEVICE,
+        "settings": slm_settings(req),
+    }
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def slm_stream(state: AppState, req: sd.SlmGenerateRequest) -> AsyncIterator[str]:
+    """Seed 002's event sequence: load status (when loading on demand), then pieces, then a final event."""
+    try:
+        if state.serving is None:
+            yield _event({"status": "Loading SLM model..."})
+            await state.load()
+            yield _event({"status": f"Model loaded on {DEVICE}"})
+        serving = state.serving
+        if serving is None:
+            raise errors.not_ready()
+        _, ids = chat_ids(serving, "", req.prompt)
+        params = slm_params(serving, req, len(ids))
+        yield _event({"status": "Generating response..."})
+        full = ""
+        async for _, out in serving.stream_choices(ids, params, 1):
+            if out.text:
+                full += out.text
+                yield _event({"text": out.text, "full_text": full, "is_complete": False})
+        yield _event({"status": "Response complete!", "device_used": DEVICE, "full_text": full, "is_complete": True})
+    except (errors.APIError, QueueFullError, RuntimeError) as exc:
+        message = exc.message if isinstance(exc, errors.APIError) else str(exc) or "the server is at capacity"
+        yield _event({"status": "error", "error": message, "is_complete": True})
