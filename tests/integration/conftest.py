@@ -52,7 +52,7 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[LiveServer]:
-    live = LiveServer(Settings(max_running=32, max_waiting=64)).start()
+    live = LiveServer(Settings()).start()  # the defaults: 32 slots, 256 waiting
     yield live
     live.stop()
 
@@ -61,6 +61,14 @@ def server() -> Iterator[LiveServer]:
 def tiny_server() -> Iterator[LiveServer]:
     """One slot and one waiting place: for overload behaviour."""
     live = LiveServer(Settings(max_running=1, max_waiting=1, retry_after=3)).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[LiveServer]:
+    """A server of the test module's own, for tests that unload and reload the model."""
+    live = LiveServer(Settings(max_running=8, max_waiting=16)).start()
     yield live
     live.stop()
 

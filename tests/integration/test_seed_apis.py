@@ -1,0 +1,193 @@
+"""The seeds' request examples, sent as written, against slmserve (see ../shared/seeds)."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+HELPFUL = {"system_prompt": "You are helpful.", "user_prompt": "Explain AI."}
+
+
+def post(server, path: str, body: dict, timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, timeout=timeout)
+
+
+def test_root_is_a_json_health_check(server):
+    r = httpx.get(f"{server.url}/")
+    assert r.status_code == 200 and r.json()["status"] == "healthy"
+
+
+def test_infer_returns_the_answer_without_the_prompt(server):
+    r = post(server, "/infer", HELPFUL)
+    text = r.json()["response"]
+    assert r.status_code == 200 and set(r.json()) == {"response"}
+    assert text.strip() and "You are helpful." not in text and "Explain AI." not in text
+
+
+def test_chat_returns_its_chat_id_and_the_same_answer_as_infer(server):
+    r = post(server, "/chat", {"chat_id": "1", **HELPFUL}).json()
+    assert r["chat_id"] == "1"
+    assert r["response"] == post(server, "/infer", HELPFUL).json()["response"]  # greedy by default
+    assert r["usage"]["completion_tokens"] <= 128
+
+
+def test_batched_answers_in_order_and_a_bad_query_fails_alone(server):
+    queries = [
+        {"chat_id": "1", "system_prompt": "You are helpful.", "user_prompt": "Explain AI."},
+        {"chat_id": "2", "system_prompt": "You are helpful.", "user_prompt": "What is overfitting?"},
+        {"chat_id": "3", "user_prompt": "I hate mondays"},
+        {"chat_id": "4", "system_prompt": "no user prompt"},
+    ]
+    r = post(server, "/chat/batched", {"queries": queries})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["responses"][0] == post(server, "/infer", HELPFUL).json()["response"]
+    assert body["responses"][1] and body["responses"][2:] == ["", ""]
+    assert [x["chat_id"] for x in body["results"]] == ["1", "2", "3", "4"]
+    assert [x["status"] for x in body["results"]] == [200, 200, 400, 422]
+    assert body["results"][2]["error"] == "Prompt contains inappropriate content"
+    assert "user_prompt" in body["results"][3]["error"]
+
+
+def test_a_batch_of_8_costs_far_less_than_8_single_calls(server):
+    q = {"system_prompt": "You are helpful.", "max_tokens": 32, "temperature": 0}
+    start = time.perf_counter()
+    post(server, "/chat", {"chat_id": "x", "user_prompt": "Name a fruit.", **q})
+    single = time.perf_counter() - start
+    queries = [{"chat_id": str(i), "user_prompt": f"Name fruit number {i}.", **q} for i in range(8)]
+    start = time.perf_counter()
+    r = post(server, "/chat/batched", {"queries": queries})
+    batch = time.perf_counter() - start
+    assert all(x["status"] == 200 for x in r.json()["results"])
+    # Measured ~0.53 of 8 calls in a row (1.15 s vs 0.27 s a call). Issue #3 hoped for < 3x one call; decoding is
+    # compute-bound on 2 cores (a step of 8 sequences costs ~5x a step of one), so that is out of reach here.
+    assert batch < 0.75 * 8 * single, f"batch of 8 took {batch:.2f} s, one call {single:.2f} s"
+
+
+def test_chat_completions_without_model_and_100_threads_overlap(server):
+    body = {"messages": [{"role": "user", "content": "Hello, how are you?"}], "max_tokens": 8}
+    r = post(server, "/chat/completions", body)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+
+    def call(_):
+        t0 = time.perf_counter()
+        ok = post(server, "/chat/completions", body).status_code == 200
+        return ok, t0, time.perf_counter()
+
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(call, range(100)))
+    assert all(ok for ok, _, _ in results)
+    # Served together, not in a row: the slowest call is far shorter than the sum of all.
+    spans = [end - t0 for _, t0, end in results]
+    assert max(spans) < sum(spans) / 5
+
+
+def test_content_filter_on_openai_routes_uses_the_openai_shape(server):
+    body = {"messages": [{"role": "user", "content": "Violence is the answer"}], "max_tokens": 4}
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        r = post(server, path, body)
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == "Prompt contains inappropriate content"
+    r = post(server, "/v1/completions", {"prompt": "pure HATE", "max_tokens": 4})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "content_filter"
+
+
+def test_generate_as_in_seed_003(server):
+    r = post(server, "/generate", {"prompt": "The future of AI is", "max_length": 50})
+    body = r.json()
+    assert r.status_code == 200 and body["model_name"] == "smollm2-135m-instruct"
+    assert body["generated_text"].startswith("The future of AI is") and len(body["generated_text"]) > 25
+    assert body["metadata"]["prompt_tokens"] + body["metadata"]["completion_tokens"] <= 50
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"prompt": "", "max_length": 50}, 422),
+        ({"max_length": 50}, 422),
+        ({"prompt": "x" * 501}, 422),
+        ({"prompt": "ok", "max_length": 5}, 422),
+        ({"prompt": "ok", "max_length": 201}, 422),
+        ({"prompt": "ok", "max_length": "long"}, 422),
+        ({"prompt": "I hate this", "max_length": 50}, 400),
+        ({"prompt": "ok", "model": "gpt2"}, 404),
+    ],
+)
+def test_generate_rejects(server, body, status):
+    r = post(server, "/generate", body)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    if status == 400:
+        assert detail == "Prompt contains inappropriate content"
+    if status == 422 and "max_length" in body and body["max_length"] == 201:
+        assert "200" in str(detail)
+
+
+def test_generate_as_in_seed_004_and_info(server):
+    body = {"prompt": "Machine learning is", "max_length": 50, "temperature": 0.7, "top_k": 50, "top_p": 1.0}
+    r = post(server, "/generate", body).json()
+    assert r["success"] is True and r["prompt"] == body["prompt"]
+    assert r["parameters"] == {
+        **{k: body[k] for k in ("max_length", "temperature", "top_k", "top_p")},
+        "do_sample": True,
+    }
+    assert r["metadata"]["model"] == "smollm2-135m-instruct" and r["inference_time_seconds"] > 0
+    info = httpx.get(f"{server.url}/info").json()
+    assert (info["max_length_limit"], info["default_max_length"], info["default_temperature"]) == (200, 50, 0.7)
+    assert {"prompt", "max_length", "temperature", "top_k", "top_p"} <= set(info["supported_parameters"])
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "healthy" and health["cuda_available"] is False
+
+
+def sse_events(server, path: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+
+
+def test_slm_lifecycle_load_generate_unload_and_stream_loads_again(own_server):
+    s = own_server
+    info = httpx.get(f"{s.url}/slm/info").json()
+    assert info["model_loaded"] is True and info["device"] == "cpu" and info["cuda_available"] is False
+    r = post(s, "/slm/load", {}).json()
+    assert r["success"] is True and r["message"] == "Model already loaded on cpu" and r["model_path"].endswith(".gguf")
+    g = post(s, "/slm/generate", {"prompt": "What is Python?", "max_new_tokens": 20, "do_sample": False}).json()
+    assert g["success"] and g["response"] and g["full_response"].endswith(g["response"])
+    assert g["settings"] == {"max_new_tokens": 20, "temperature": 0.7, "do_sample": False}
+    assert httpx.post(f"{s.url}/slm/unload").json() == {"success": True, "message": "Model unloaded successfully"}
+    assert httpx.get(f"{s.url}/slm/info").json()["model_loaded"] is False
+    assert httpx.get(f"{s.url}/health").status_code == 503
+    assert post(s, "/infer", HELPFUL).status_code == 503
+    events = sse_events(s, "/slm/stream", {"prompt": "Write a short story about a robot", "max_new_tokens": 12})
+    statuses = [e.get("status") for e in events if "status" in e]
+    assert statuses[:3] == ["Loading SLM model...", "Model loaded on cpu", "Generating response..."]
+    pieces = [e for e in events if "text" in e]
+    assert pieces and all(e["is_complete"] is False for e in pieces)
+    assert pieces[-1]["full_text"] == "".join(e["text"] for e in pieces)
+    assert events[-1]["status"] == "Response complete!" and events[-1]["is_complete"] is True
+    assert events[-1]["device_used"] == "cpu" and events[-1]["full_text"] == pieces[-1]["full_text"]
+    assert httpx.get(f"{s.url}/health").status_code == 200
+
+
+def test_unload_lets_requests_in_flight_finish(own_server):
+    s = own_server
+    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 200, "ignore_eos": True}
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(post, s, "/v1/chat/completions", body)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and s.metric("slmserve_requests_running") < 1:
+            time.sleep(0.02)
+        unload = pool.submit(httpx.post, f"{s.url}/slm/unload", timeout=120)
+        r = running.result()
+        assert unload.result().json()["success"] is True
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 200
+    assert post(s, "/slm/generate", {"prompt": "Hi", "max_new_tokens": 4}).json()["success"] is True  # loads again
+
+
+def test_slm_stream_and_generate_refuse_blocked_words(own_server):
+    r = post(own_server, "/slm/stream", {"prompt": "I hate robots"})
+    assert r.status_code == 400 and r.json() == {"detail": "Prompt contains inappropriate content"}
+    assert post(own_server, "/slm/generate", {"prompt": "I hate robots"}).status_code == 400
+    assert post(own_server, "/slm/generate", {"prompt": ""}).status_code == 422
