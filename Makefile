@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: serve test lint bench install
+# The web page test drives Debian's chromium; install it when missing (root, or through sudo).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +27,12 @@ install: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(BIN)/slmserve serve $(ARGS)
 
-test: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: $(VENV)/.installed-test $(CHROMIUM)
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/python -m pytest $(ARGS)
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed

@@ -1,0 +1,72 @@
+"""The chat page in a real headless browser: Debian's chromium driven by Playwright."""
+
+import time
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture
+def page(server, tmp_path):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{server.url}/ui")
+        yield page
+        page.screenshot(path=str(tmp_path / "ui.png"))
+        browser.close()
+
+
+def wait_running(server, predicate, seconds: float = 15) -> float:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = server.metric("slmserve_requests_running")
+        if predicate(value):
+            return value
+        time.sleep(0.05)
+    return server.metric("slmserve_requests_running")
+
+
+def test_streamed_answer_stop_aborts_on_the_server_and_history_continues(server, page):
+    expect(page.locator("#model")).to_have_text("smollm2-135m-instruct")
+    page.locator("#settings summary").click()
+    page.fill("#max_tokens", "400")
+    page.fill("#temperature", "0")
+    page.fill("#input", "Tell me a very long story about a dragon.")
+    page.click("#send")
+    answer = page.locator(".msg.assistant").last
+    # Text appears while the answer is still being generated.
+    page.wait_for_function("(document.querySelector('.msg.assistant')?.textContent || '').length > 30")
+    assert wait_running(server, lambda v: v >= 1) >= 1
+    expect(page.locator("#stop")).to_be_enabled()
+    page.click("#stop")
+    assert wait_running(server, lambda v: v == 0) == 0  # the server aborted the request
+    expect(answer).to_have_class("msg assistant stopped")
+    streamed = answer.text_content()
+    assert 30 < len(streamed) < 400 * 8
+
+    page.fill("#max_tokens", "20")
+    page.fill("#input", "Give the dragon a name.")
+    page.press("#input", "Enter")
+    expect(page.locator("#send")).to_be_enabled(timeout=30_000)
+    expect(page.locator(".msg.user")).to_have_count(2)
+    expect(page.locator(".msg.assistant")).to_have_count(2)
+    assert page.locator(".msg.assistant").last.text_content()
+    expect(page.locator("#stats")).to_contain_text("tok/s")
+
+
+def test_errors_are_shown_readably(page):
+    page.fill("#input", "I hate dragons")
+    page.click("#send")
+    expect(page.locator("#error")).to_have_text("Prompt contains inappropriate content")
+    expect(page.locator(".msg.assistant")).to_have_count(0)
+    page.locator("#settings summary").click()
+    page.fill("#max_tokens", "100000")
+    page.fill("#input", "Hello")
+    page.click("#send")
+    expect(page.locator("#error")).to_contain_text("context holds at most 512")
