@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import sys
 import types
@@ -39,7 +40,7 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
         extra.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
 
     def wrapper(**kwargs: Any) -> Any:
-        given = {k: kwargs.pop(k) for k in list(kwargs) if k not in names and kwargs[k] is not None}
+        given = {k: _parse(k, kwargs.pop(k)) for k in list(kwargs) if k not in names and kwargs[k] is not None}
         for k in [k for k in kwargs if k not in names]:
             kwargs.pop(k)
         return func(settings=Settings(**given), **kwargs)
@@ -47,6 +48,13 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__signature__ = inspect.Signature([*own, *extra])
     wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
     return wrapper
+
+
+def _parse(name: str, value: Any) -> Any:
+    """List settings take a JSON list (as in env/.env) or comma-separated words on the command line."""
+    if typing.get_origin(Settings.model_fields[name].annotation) is list and isinstance(value, str):
+        return json.loads(value) if value.lstrip().startswith("[") else [w for w in value.split(",") if w.strip()]
+    return value
 
 
 def _plain_type(annotation: Any) -> type:

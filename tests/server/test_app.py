@@ -59,3 +59,13 @@ def test_bad_flag_values_are_refused_before_anything_loads():
         [sys.executable, "-m", "slmserve.cli", "serve", "--max-running", "0"], capture_output=True, text=True
     )
     assert r.returncode != 0 and "max_running" in (r.stdout + r.stderr)
+
+
+def test_list_settings_take_json_or_commas_on_the_command_line(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("slmserve.terminal.run_chat_turns", lambda settings, *a: seen.setdefault("s", settings))
+    for flag, words in [("spam,eggs", ["spam", "eggs"]), ('["a b", "c"]', ["a b", "c"])]:
+        seen.clear()
+        result = CliRunner().invoke(cli, ["generate", "hi", "--blocked-words", flag])
+        assert result.exit_code == 0, result.output
+        assert seen["s"].blocked_words == words
