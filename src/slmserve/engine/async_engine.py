@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class EngineDeadError(RuntimeError):
-    """The engine thread failed; requests cannot be served."""
+    """The engine thread is stopped; requests cannot be served."""
+
+
+class EngineStepError(RuntimeError):
+    """A step failed; the requests it carried were ended. The engine goes on serving."""
 
 
 @dataclass
@@ -119,9 +123,24 @@ class AsyncEngine:
                 self._apply(cmd)
                 cmd = self._next_command()
             if self.engine.has_work:
-                self._dispatch(self.engine.step())
+                try:
+                    outputs = self.engine.step()
+                except Exception as exc:  # noqa: BLE001 - one bad step must not take the server down
+                    log.exception("engine step failed; aborting the requests it carried")
+                    self._fail_running(exc)
+                    continue
+                self._dispatch(outputs)
                 if self._on_step:
                     self._on_step(self.engine)
+
+    def _fail_running(self, exc: Exception) -> None:
+        """End the running requests with an error (their KV state is unknown); waiting ones go on."""
+        error = EngineStepError(f"generation failed: {exc}")
+        for seq in list(self.engine.scheduler.running):
+            self.engine.abort(seq.request_id)
+            sink = self._sinks.pop(seq.request_id, None)
+            if sink is not None:
+                sink(error)
 
     def _next_command(self):
         try:

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slmserve.engine.async_engine import EngineDeadError
+from slmserve.engine.async_engine import EngineDeadError, EngineStepError
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import content_filter
 
@@ -137,3 +137,7 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(EngineDeadError)
     async def _dead(request: Request, exc: EngineDeadError) -> JSONResponse:
         return respond(request, APIError(503, str(exc), code="engine_dead"))
+
+    @app.exception_handler(EngineStepError)
+    async def _step(request: Request, exc: EngineStepError) -> JSONResponse:
+        return respond(request, APIError(500, str(exc), code="generation_failed"))

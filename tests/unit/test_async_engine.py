@@ -1,0 +1,89 @@
+"""AsyncEngine: the thread bridge, with a scripted runner."""
+
+import asyncio
+
+import pytest
+
+from slmserve.engine.async_engine import AsyncEngine, EngineDeadError, EngineStepError
+from slmserve.engine.sampling import SamplingParams
+from slmserve.engine.scheduler import QueueFullError
+from tests.fakes import ScriptedRunner, make_engine
+
+
+class FlakyRunner(ScriptedRunner):
+    """Fails its n-th batch."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    def run(self, batch):
+        if len(self.batches) + 1 == self.fail_at:
+            self.batches.append(batch)
+            raise RuntimeError("llama_decode failed")
+        return super().run(batch)
+
+
+async def text(engine: AsyncEngine, prompt: list[int], **kw) -> str:
+    out = ""
+    async for o in engine.generate(prompt, SamplingParams(temperature=0, max_tokens=50, **kw)):
+        out += o.text
+    return out
+
+
+def test_requests_stream_concurrently_and_finish():
+    async def main():
+        engine = AsyncEngine(make_engine())
+        try:
+            return await asyncio.gather(*(text(engine, [i + 1]) for i in range(3)))
+        finally:
+            engine.shutdown()
+
+    assert asyncio.run(main()) == ["hello world"] * 3
+
+
+def test_a_failed_step_ends_its_requests_and_the_engine_keeps_serving():
+    async def main():
+        engine = AsyncEngine(make_engine(FlakyRunner(fail_at=3)))
+        try:
+            with pytest.raises(EngineStepError, match="llama_decode failed"):
+                await text(engine, [1])
+            assert engine.num_running == 0
+            return await text(engine, [2])
+        finally:
+            engine.shutdown()
+
+    assert asyncio.run(main()) == "hello world"
+
+
+def test_cancelling_the_consumer_aborts_the_request():
+    async def main():
+        engine = AsyncEngine(make_engine(ScriptedRunner(script=b"x" * 10_000)))
+        try:
+            task = asyncio.create_task(text(engine, [1], ignore_eos=True, stop=["never"]))
+            while engine.num_running == 0:
+                await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(1000):
+                if engine.num_running == 0:
+                    break
+                await asyncio.sleep(0.001)
+            return engine.num_running
+        finally:
+            engine.shutdown()
+
+    assert asyncio.run(main()) == 0
+
+
+def test_queue_full_and_shutdown_are_reported_to_callers():
+    async def main():
+        engine = AsyncEngine(make_engine(max_running=1, max_waiting=0))
+        with pytest.raises(QueueFullError):
+            await text(engine, [1])
+        engine.shutdown()
+        with pytest.raises(EngineDeadError):
+            await text(engine, [1])
+
+    asyncio.run(main())
