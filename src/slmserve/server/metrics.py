@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from slmserve.engine.engine import RequestOutput
+from slmserve.engine.scheduler import QueueFullError
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _ITL = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -47,7 +48,7 @@ class Metrics:
         self.waiting.set_function(waiting)
 
     async def observe(self, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-        """Pass a request's outputs through, timing them; a stream closed early counts as aborted."""
+        """Pass a request's outputs through, timing them; finish reasons also count abort, error and 429s."""
         start = last = time.monotonic()
         first, finished = True, False
         try:
@@ -66,8 +67,16 @@ class Metrics:
                     self.e2e.observe(now - start)
                     self.requests.labels(out.finish_reason).inc()
                 yield out
+        except QueueFullError:
+            finished = True
+            self.rejected.inc()
+            raise
+        except Exception:
+            finished = True
+            self.requests.labels("error").inc()
+            raise
         finally:
-            if not finished:
+            if not finished:  # the consumer went away (client disconnect, cancellation)
                 self.requests.labels("abort").inc()
 
     def render(self) -> bytes:

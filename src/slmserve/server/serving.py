@@ -6,6 +6,7 @@ Routes stay thin: they hand a parsed request here and get a response object or a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -136,7 +137,7 @@ class Serving:
         """Choices of one seeded request differ from each other but are each reproducible."""
         if i == 0 or params.seed is None:
             return params
-        return SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+        return dataclasses.replace(params, seed=params.seed + i)
 
     async def collect(self, prompt_ids: list[int], params: SamplingParams, n: int) -> list[Choice]:
         choices = [Choice(i) for i in range(n)]
