@@ -48,12 +48,6 @@ class ScriptedRunner:
             rows.append(row)
         return np.array(rows, dtype=np.float32).reshape(len(rows), VOCAB)
 
-    def trim(self, slot: int, keep: int) -> None:
-        raise AssertionError("the engine must leave KV changes to the batch")
-
-    def copy(self, src: int, dst: int, n: int) -> None:
-        raise AssertionError("the engine must leave KV changes to the batch")
-
 
 def make_engine(runner=None, **kw) -> Engine:
     opts = dict(max_running=4, max_waiting=8, token_budget=64, kv_capacity=1024) | kw

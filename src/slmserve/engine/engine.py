@@ -29,15 +29,7 @@ class Runner(Protocol):
     tokenizer: Tokenizer
 
     def run(self, batch: Batch) -> np.ndarray:
-        """Decode the batch; return logits [N, V], one row per chunk with needs_logits, in batch order."""
-        ...
-
-    def trim(self, slot: int, keep: int) -> None:
-        """Forget a slot's KV cache from position `keep` on."""
-        ...
-
-    def copy(self, src: int, dst: int, n: int) -> None:
-        """Give slot dst the KV of src's first n tokens."""
+        """Apply batch.kv_ops in order, decode the chunks; logits [N, V], a row per chunk with needs_logits."""
         ...
 
 

@@ -63,13 +63,6 @@ class Batch:
     chunks: list[Chunk] = field(default_factory=list)
     kv_ops: list[Trim | Copy] = field(default_factory=list)  # to apply in order, before decoding
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(c.length for c in self.chunks)
-
-    def __bool__(self) -> bool:
-        return bool(self.chunks)
-
 
 class Scheduler:
     def __init__(self, max_running: int, max_waiting: int, token_budget: int, kv_capacity: int) -> None:
@@ -87,12 +80,13 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     @property
-    def kv_used(self) -> int:
-        return sum(s.num_computed for s in self.running) + sum(len(t) for t in self._cache.values())
+    def num_cached_tokens(self) -> int:
+        """KV cells held by free slots' prefix caches."""
+        return sum(len(t) for t in self._cache.values())
 
     @property
-    def num_cached_tokens(self) -> int:
-        return sum(len(t) for t in self._cache.values())
+    def kv_used(self) -> int:
+        return sum(s.num_computed for s in self.running) + self.num_cached_tokens
 
     def add(self, seq: Sequence) -> None:
         if len(self.waiting) >= self.max_waiting:

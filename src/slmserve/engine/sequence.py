@@ -58,14 +58,6 @@ class Sequence:
     def is_prefilling(self) -> bool:
         return self.num_uncomputed > 1 or not self.output_token_ids
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status is Status.FINISHED
-
-    def token_at(self, i: int) -> int:
-        n = self.num_prompt_tokens
-        return self.prompt_token_ids[i] if i < n else self.output_token_ids[i - n]
-
     def tokens(self, start: int, length: int) -> list[int]:
         n = self.num_prompt_tokens
         if start + length <= n:
