@@ -61,6 +61,7 @@ def test_a_batch_of_8_costs_far_less_than_8_single_calls(server):
     r = post(server, "/chat/batched", {"queries": queries})
     batch = time.perf_counter() - start
     assert all(x["status"] == 200 for x in r.json()["results"])
+    print(f"batch of 8: {batch:.2f} s; one call: {single:.2f} s; ratio to 8 in a row {batch / (8 * single):.2f}")
     # Measured ~0.53 of 8 calls in a row (1.15 s vs 0.27 s a call). Issue #3 hoped for < 3x one call; decoding is
     # compute-bound on 2 cores (a step of 8 sequences costs ~5x a step of one), so that is out of reach here.
     assert batch < 0.75 * 8 * single, f"batch of 8 took {batch:.2f} s, one call {single:.2f} s"
@@ -81,6 +82,7 @@ def test_chat_completions_without_model_and_100_threads_overlap(server):
     assert all(ok for ok, _, _ in results)
     # Served together, not in a row: the slowest call is far shorter than the sum of all.
     spans = [end - t0 for _, t0, end in results]
+    print(f"100 threads: slowest call {max(spans):.2f} s, sum of calls {sum(spans):.2f} s")
     assert max(spans) < sum(spans) / 5
 
 
