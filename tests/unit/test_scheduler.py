@@ -170,3 +170,13 @@ def test_batches_list_sequences_in_slot_order():
     batch = sched.schedule()
     slots = [c.seq.slot for c in batch.chunks]
     assert slots == sorted(slots) and len(slots) == 4
+
+
+def test_sequence_tokens_span_prompt_and_output():
+    s = seq("a", 4)  # prompt [0, 1, 2, 3]
+    s.output_token_ids.extend([10, 11, 12])
+    assert s.tokens(0, 7) == [0, 1, 2, 3, 10, 11, 12]
+    assert s.tokens(1, 2) == [1, 2]
+    assert s.tokens(3, 2) == [3, 10]
+    assert s.tokens(5, 2) == [11, 12]
+    assert s.tokens(6, 1) == [12]

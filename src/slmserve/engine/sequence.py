@@ -59,7 +59,10 @@ class Sequence:
         return self.num_uncomputed > 1 or not self.output_token_ids
 
     def tokens(self, start: int, length: int) -> list[int]:
-        n = self.num_prompt_tokens
-        if start + length <= n:
-            return self.prompt_token_ids[start : start + length]
-        return (self.prompt_token_ids + self.output_token_ids)[start : start + length]
+        """Tokens [start, start + length) of prompt + output, without joining the two lists (hot path)."""
+        n, end = self.num_prompt_tokens, start + length
+        if end <= n:
+            return self.prompt_token_ids[start:end]
+        if start >= n:
+            return self.output_token_ids[start - n : end - n]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - n]

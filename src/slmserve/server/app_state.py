@@ -36,7 +36,7 @@ class AppState:
         """Serve a loaded model: start its engine thread and wire metrics."""
         self.engine = AsyncEngine(model.engine)
         self.metrics.bind_gauges(lambda: self.num_running, lambda: self.num_waiting)
-        self.serving = Serving(model, self.engine, self.metrics, self.settings)
+        self.serving = Serving(model, self.engine, self.metrics, self.settings, self.content_filter)
         self.model, self.load_error = model, None
 
     @property

@@ -21,6 +21,8 @@ from slmserve.server import content_filter
 
 log = logging.getLogger(__name__)
 
+AT_CAPACITY = "The server is at capacity; retry shortly."
+
 _TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error", 503: "server_error"}
 
 
@@ -74,7 +76,7 @@ def context_too_long(prompt_tokens: int, max_tokens: int, limit: int) -> APIErro
 def queue_full(retry_after: int) -> APIError:
     return APIError(
         429,
-        "The server is at capacity; retry shortly.",
+        AT_CAPACITY,
         code="rate_limit_exceeded",
         headers={"Retry-After": str(retry_after)},
     )

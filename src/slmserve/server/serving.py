@@ -58,13 +58,20 @@ def sse(payload: BaseModel | dict | str) -> str:
 class Serving:
     """Turns API requests into engine requests for one loaded model."""
 
-    def __init__(self, model: LoadedModel, engine: AsyncEngine, metrics: Metrics, settings: Settings) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        engine: AsyncEngine,
+        metrics: Metrics,
+        settings: Settings,
+        content_filter: ContentFilter,
+    ) -> None:
         self.model = model
         self.engine = engine
         self.metrics = metrics
         self.settings = settings
         self.retry_after = settings.retry_after
-        self.content_filter = ContentFilter(settings.blocked_words)
+        self.content_filter = content_filter
 
     def check_content(self, *texts: str | None) -> None:
         """400 when user input holds a blocked word."""
@@ -227,7 +234,7 @@ async def sse_stream(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
         async for chunk in chunks:
             yield sse(chunk)
     except QueueFullError:
-        yield sse(errors.error_body(429, "The server is at capacity; retry shortly.", code="rate_limit_exceeded"))
+        yield sse(errors.error_body(429, errors.AT_CAPACITY, code="rate_limit_exceeded"))
     except errors.APIError as exc:
         yield sse(errors.error_body(exc.status, exc.message, exc.param, exc.code))
     except RuntimeError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 
@@ -13,7 +12,7 @@ from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import errors
 from slmserve.server.app_state import AppState
 from slmserve.server.protocol import seeds as sd
-from slmserve.server.serving import Choice, Serving, usage
+from slmserve.server.serving import Choice, Serving, sse, usage
 
 DEVICE = "cpu"
 
@@ -57,7 +56,7 @@ async def chat_batched(serving: Serving, req: sd.BatchedRequest) -> sd.BatchedRe
         except errors.APIError as exc:
             return sd.BatchedResult(chat_id=chat_id, error=exc.message, status=exc.status)
         except QueueFullError:
-            return sd.BatchedResult(chat_id=chat_id, error="The server is at capacity; retry shortly.", status=429)
+            return sd.BatchedResult(chat_id=chat_id, error=errors.AT_CAPACITY, status=429)
 
     results = await asyncio.gather(*(one(q) for q in req.queries))
     return sd.BatchedResponse(responses=[r.response or "" for r in results], results=list(results))
@@ -134,29 +133,27 @@ async def slm_generate(state: AppState, req: sd.SlmGenerateRequest) -> dict:
     }
 
 
-def _event(payload: dict) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
-
-
 async def slm_stream(state: AppState, req: sd.SlmGenerateRequest) -> AsyncIterator[str]:
     """Seed 002's event sequence: load status (when loading on demand), then pieces, then a final event."""
     try:
         if state.serving is None:
-            yield _event({"status": "Loading SLM model..."})
+            yield sse({"status": "Loading SLM model..."})
             await state.load()
-            yield _event({"status": f"Model loaded on {DEVICE}"})
+            yield sse({"status": f"Model loaded on {DEVICE}"})
         serving = state.serving
         if serving is None:
             raise errors.not_ready()
         _, ids = chat_ids(serving, "", req.prompt)
         params = slm_params(serving, req, len(ids))
-        yield _event({"status": "Generating response..."})
+        yield sse({"status": "Generating response..."})
         full = ""
         async for _, out in serving.stream_choices(ids, params, 1):
             if out.text:
                 full += out.text
-                yield _event({"text": out.text, "full_text": full, "is_complete": False})
-        yield _event({"status": "Response complete!", "device_used": DEVICE, "full_text": full, "is_complete": True})
-    except (errors.APIError, QueueFullError, RuntimeError) as exc:
-        message = exc.message if isinstance(exc, errors.APIError) else str(exc) or "the server is at capacity"
-        yield _event({"status": "error", "error": message, "is_complete": True})
+                yield sse({"text": out.text, "full_text": full, "is_complete": False})
+        yield sse({"status": "Response complete!", "device_used": DEVICE, "full_text": full, "is_complete": True})
+    except QueueFullError:
+        yield sse({"status": "error", "error": errors.AT_CAPACITY, "is_complete": True})
+    except (errors.APIError, RuntimeError) as exc:
+        message = exc.message if isinstance(exc, errors.APIError) else str(exc)
+        yield sse({"status": "error", "error": message, "is_complete": True})
