@@ -45,9 +45,8 @@ class _Abort:
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine, on_step: Callable[[Engine], None] | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._on_step = on_step  # called in the engine thread after each step (metrics gauges)
         self._commands: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._sinks: dict[str, Callable[[RequestOutput | BaseException], None]] = {}
         # Each counter has one writer thread, so no lock is needed; their difference is the adds in flight.
@@ -130,8 +129,6 @@ class AsyncEngine:
                     self._fail_running(exc)
                     continue
                 self._dispatch(outputs)
-                if self._on_step:
-                    self._on_step(self.engine)
 
     def _fail_running(self, exc: Exception) -> None:
         """End the running requests with an error (their KV state is unknown); waiting ones go on."""

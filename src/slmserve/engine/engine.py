@@ -112,7 +112,6 @@ class Engine:
         token, lp = sample(logits, params, seq.rng, seq.prompt_token_ids, seq.output_token_ids)
         seq.output_token_ids.append(token)
         lps = [lp] if lp is not None else []
-        seq.output_logprobs.extend(lps)
         if token in params.stop_token_ids or (token in self.tokenizer.eog_token_ids and not params.ignore_eos):
             return self._finish(seq, "stop", seq.detokenizer.flush(), [token], lps)
         text = seq.detokenizer.push(token)

@@ -25,7 +25,6 @@ class LoadedModel:
     tokenizer: LlamaCppTokenizer
     chat_template: ChatTemplate
     max_model_len: int  # the most tokens (prompt + completion) one request may use
-    load_seconds: float
 
     def close(self) -> None:
         self.runner.close()
@@ -64,4 +63,4 @@ def load_model(settings: Settings) -> LoadedModel:
     )
     seconds = time.perf_counter() - start
     log.info("loaded %s in %.2f s (context %d, %d slots)", path.name, seconds, runner.n_ctx, settings.max_running)
-    return LoadedModel(settings.model_name, path, engine, runner, tok, template, max_model_len, seconds)
+    return LoadedModel(settings.model_name, path, engine, runner, tok, template, max_model_len)

@@ -23,7 +23,6 @@ class LlamaCppTokenizer:
     def __init__(self, model: C.llama_model_p) -> None:
         self._vocab = C.llama_model_get_vocab(model)
         self.vocab_size = C.llama_vocab_n_tokens(self._vocab)
-        self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
         self.bos_token_id = C.llama_vocab_bos(self._vocab)
         self.eos_token_id = C.llama_vocab_eos(self._vocab)
         self.eog_token_ids = frozenset(t for t in range(self.vocab_size) if C.llama_vocab_is_eog(self._vocab, t))
@@ -99,7 +98,6 @@ class LlamaCppRunner:
             C.llama_model_free(self.model)
             raise ValueError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq_max})")
         self.n_ctx = C.llama_n_ctx(self.ctx)
-        self.n_batch = n_batch
         self._memory = C.llama_get_memory(self.ctx)
         self._init_batch(n_batch)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from slmserve.engine.detokenizer import Detokenizer
-from slmserve.engine.sampling import SamplingParams, TokenLogprobs
+from slmserve.engine.sampling import SamplingParams
 
 
 class Status(enum.Enum):
@@ -29,7 +29,6 @@ class Sequence:
     rng: np.random.Generator
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
-    output_logprobs: list[TokenLogprobs] = field(default_factory=list)
     num_computed: int = 0
     slot: int | None = None
     status: Status = Status.WAITING
