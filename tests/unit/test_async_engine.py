@@ -24,11 +24,19 @@ class FlakyRunner(ScriptedRunner):
         return super().run(batch)
 
 
-async def text(engine: AsyncEngine, prompt: list[int], **kw) -> str:
+async def text(engine: AsyncEngine, prompt: list[int], max_tokens: int = 50, **kw) -> str:
     out = ""
-    async for o in engine.generate(prompt, SamplingParams(temperature=0, max_tokens=50, **kw)):
+    async for o in engine.generate(prompt, SamplingParams(temperature=0, max_tokens=max_tokens, **kw)):
         out += o.text
     return out
+
+
+async def wait_for(condition, seconds: float = 10) -> None:
+    """Poll until condition() holds; fail (never hang) after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.001)
 
 
 def test_requests_stream_concurrently_and_finish():
@@ -60,16 +68,13 @@ def test_cancelling_the_consumer_aborts_the_request():
     async def main():
         engine = AsyncEngine(make_engine(ScriptedRunner(script=b"x" * 10_000)))
         try:
-            task = asyncio.create_task(text(engine, [1], ignore_eos=True, stop=["never"]))
-            while engine.num_running == 0:
-                await asyncio.sleep(0.001)
+            # Long enough that it cannot finish on its own before it is cancelled.
+            task = asyncio.create_task(text(engine, [1], max_tokens=10**9, ignore_eos=True))
+            await wait_for(lambda: engine.num_running == 1)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            for _ in range(1000):
-                if engine.num_running == 0:
-                    break
-                await asyncio.sleep(0.001)
+            await wait_for(lambda: engine.num_running == 0)
             return engine.num_running
         finally:
             engine.shutdown()
