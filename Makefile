@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e .
 	touch $@
 
+# The tests cover both engines, so they install the torch extra (torch==2.13.0: the CPU wheel on disk).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PIP_INSTALL) -e '.[test]'
+	$(PIP_INSTALL) -e '.[test,torch]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -20,7 +20,32 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     model: str = Field(
         "smollm2-135m-instruct",
-        description="A known model id (see `slmserve models`) or a path to a GGUF file.",
+        description=(
+            "A known model id (see `slmserve models`), a GGUF file, a Hugging Face model directory, or a hub id "
+            "(owner/name, downloaded by transformers when the machine is online)."
+        ),
+    )
+    engine: Literal["auto", "llama.cpp", "torch"] = Field(
+        "auto",
+        description=(
+            "Backend. auto: llama.cpp for GGUF files, torch for Hugging Face models. torch on a GGUF dequantizes "
+            "it through transformers once and caches the result under --cache-dir. torch needs slmserve[torch]."
+        ),
+    )
+    device: str = Field("auto", description="torch engine: cpu, cuda, cuda:N; auto picks cuda when available.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="torch engine: weight precision; auto is float32 on CPU, bfloat16 on CUDA."
+    )
+    lora: list[str] = Field(
+        [],
+        description=(
+            "torch engine: LoRA adapters to serve from the start, NAME=PATH[,NAME=PATH...]. A request picks one "
+            "with model=NAME."
+        ),
+    )
+    cache_dir: str = Field(
+        os.path.join(os.path.expanduser("~"), ".cache", "slmserve"),
+        description="Where converted weights are kept (a GGUF dequantized for the torch engine).",
     )
     served_model_name: str | None = Field(
         None, description="Name the API reports and accepts for the model; defaults to the model id."
@@ -45,7 +70,9 @@ class Settings(BaseSettings):
         ge=16,
         description="Tokens one engine step may decode (running tokens plus prefill chunks); sizes the compute buffer.",
     )
-    n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads for llama.cpp.")
+    n_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads for llama.cpp and torch."
+    )
     kv_unified: bool = Field(
         False,
         description=(

@@ -36,7 +36,16 @@ class _Add:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    adapter: str | None
     sink: Callable[[RequestOutput | BaseException], None]
+
+
+@dataclass
+class _Call:
+    """Run fn on the engine thread between steps (e.g. load a LoRA adapter into the runner)."""
+
+    fn: Callable[[], object]
+    done: Callable[[object, BaseException | None], None]
 
 
 @dataclass
@@ -47,7 +56,7 @@ class _Abort:
 class AsyncEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._commands: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Add | _Abort | _Call | None] = queue.SimpleQueue()
         self._sinks: dict[str, Callable[[RequestOutput | BaseException], None]] = {}
         # Each counter has one writer thread, so no lock is needed; their difference is the adds in flight.
         self._submitted = 0  # written by the event loop
@@ -69,8 +78,29 @@ class AsyncEngine:
         self._commands.put(None)
         self._thread.join(timeout=30)
 
+    async def call(self, fn: Callable[[], object]) -> object:
+        """fn() on the engine thread, between two steps, so it may change the runner; its result or exception."""
+        if self._error is not None:
+            raise self._error
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def done(result: object, exc: BaseException | None) -> None:
+            def settle() -> None:
+                if not future.done():
+                    future.set_exception(exc) if exc is not None else future.set_result(result)
+
+            loop.call_soon_threadsafe(settle)
+
+        self._commands.put(_Call(fn, done))
+        return await future
+
     async def generate(
-        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        adapter: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs until it finishes. Raises QueueFullError at once when over capacity."""
         if self._error is not None:
@@ -85,7 +115,7 @@ class AsyncEngine:
             loop.call_soon_threadsafe(outputs.put_nowait, item)
 
         self._submitted += 1
-        self._commands.put(_Add(request_id, prompt_token_ids, params, sink))
+        self._commands.put(_Add(request_id, prompt_token_ids, params, adapter, sink))
         finished = False
         try:
             while not finished:
@@ -111,6 +141,8 @@ class AsyncEngine:
         while (cmd := self._next_command()) is not ...:
             if isinstance(cmd, _Add):  # arrived after the end: refuse, never leave it waiting
                 cmd.sink(self._error)
+            elif isinstance(cmd, _Call):
+                cmd.done(None, self._error)
 
     def _serve(self) -> None:
         while True:
@@ -145,14 +177,22 @@ class AsyncEngine:
         except queue.Empty:
             return ...
 
-    def _apply(self, cmd: _Add | _Abort) -> None:
+    def _apply(self, cmd: _Add | _Abort | _Call) -> None:
+        if isinstance(cmd, _Call):
+            try:
+                result = cmd.fn()
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                cmd.done(None, exc)
+            else:
+                cmd.done(result, None)
+            return
         if isinstance(cmd, _Abort):
             self._sinks.pop(cmd.request_id, None)
             self.engine.abort(cmd.request_id)
             return
         self._applied += 1
         try:
-            self.engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params)
+            self.engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, cmd.adapter)
         except (QueueFullError, ValueError) as exc:
             cmd.sink(exc)
             return

@@ -64,7 +64,9 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None
+    ) -> None:
         """Queue a request. Raises QueueFullError when the waiting queue is at its limit."""
         if request_id in self.requests:
             raise ValueError(f"duplicate request id {request_id!r}")
@@ -74,6 +76,7 @@ class Engine:
             params,
             Detokenizer(self.tokenizer.token_bytes, params.stop),
             make_rng(params.seed),
+            adapter,
         )
         self.scheduler.add(seq)
         self.requests[request_id] = seq
@@ -85,10 +88,12 @@ class Engine:
             return None
         return self._finish(seq, "abort", "", [], [])
 
-    def generate(self, prompts: dict[str, list[int]], params: SamplingParams) -> dict[str, list[int]]:
+    def generate(
+        self, prompts: dict[str, list[int]], params: SamplingParams, adapters: dict[str, str | None] | None = None
+    ) -> dict[str, list[int]]:
         """Offline use: run these prompts together to the end; the generated token ids by request id."""
         for request_id, prompt_token_ids in prompts.items():
-            self.add_request(request_id, prompt_token_ids, params)
+            self.add_request(request_id, prompt_token_ids, params, (adapters or {}).get(request_id))
         tokens: dict[str, list[int]] = {request_id: [] for request_id in prompts}
         while self.has_work:
             for out in self.step():

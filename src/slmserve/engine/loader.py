@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmserve.engine.engine import Engine
-from slmserve.engine.runner_llamacpp import LlamaCppRunner, LlamaCppTokenizer
+from slmserve.engine.engine import Engine, Runner, Tokenizer
 from slmserve.models.chat_template import ChatTemplate
-from slmserve.models.registry import resolve_model_path
+from slmserve.models.registry import ModelSource, resolve_model
 from slmserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,12 +18,19 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     name: str
-    path: Path
+    path: Path | None  # None for a hub id
     engine: Engine
-    runner: LlamaCppRunner
-    tokenizer: LlamaCppTokenizer
+    runner: Runner
+    tokenizer: Tokenizer
     chat_template: ChatTemplate
     max_model_len: int  # the most tokens (prompt + completion) one request may use
+    backend: str = "llama.cpp"  # or "torch"
+    device: str = "cpu"
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> path (torch); the runner's own dict
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path is not None else self.name
 
     def close(self) -> None:
         self.runner.close()
@@ -33,9 +39,25 @@ class LoadedModel:
 def load_model(settings: Settings) -> LoadedModel:
     """Load the configured model. Raises FileNotFoundError or ValueError with a readable message."""
     start = time.perf_counter()
-    path = resolve_model_path(settings.model)
+    source = resolve_model(settings.model)
+    backend = settings.engine
+    if backend == "auto":
+        backend = "llama.cpp" if source.format == "gguf" else "torch"
+    if backend == "llama.cpp" and source.format != "gguf":
+        raise ValueError(f"the llama.cpp engine needs a GGUF file; {settings.model!r} is a Hugging Face model")
+    if settings.lora and backend != "torch":
+        raise ValueError("LoRA adapters need the torch engine (--engine torch)")
+    model = _load_llamacpp(settings, source) if backend == "llama.cpp" else _load_torch(settings, source)
+    seconds = time.perf_counter() - start
+    log.info("loaded %s on %s (%s) in %.2f s", source.name, backend, model.device, seconds)
+    return model
+
+
+def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
+    from slmserve.engine.runner_llamacpp import LlamaCppRunner
+
     runner = LlamaCppRunner(
-        path,
+        source.path,
         n_ctx=settings.ctx_size,
         n_seq_max=settings.max_running,
         n_batch=settings.step_token_budget,
@@ -61,6 +83,13 @@ def load_model(settings: Settings) -> LoadedModel:
         bos_token=tok.token_text(tok.bos_token_id) if tok.bos_token_id >= 0 else "",
         eos_token=tok.token_text(tok.eos_token_id) if tok.eos_token_id >= 0 else "",
     )
-    seconds = time.perf_counter() - start
-    log.info("loaded %s in %.2f s (context %d, %d slots)", path.name, seconds, runner.n_ctx, settings.max_running)
-    return LoadedModel(settings.model_name, path, engine, runner, tok, template, max_model_len)
+    log.info("llama.cpp context %d, %d slots", runner.n_ctx, settings.max_running)
+    return LoadedModel(settings.model_name, source.path, engine, runner, tok, template, max_model_len)
+
+
+def _load_torch(settings: Settings, source: ModelSource) -> LoadedModel:
+    try:
+        from slmserve.engine import hf_models
+    except ImportError as exc:
+        raise ValueError(f"the torch engine needs slmserve[torch] installed ({exc})") from exc
+    return hf_models.load(settings, source)

@@ -74,6 +74,7 @@ class Scheduler:
         self.running: list[Sequence] = []  # in admission order: the oldest has priority
         self._free_slots = list(range(max_running))  # the most recently freed last
         self._cache: dict[int, list[int]] = {}  # free slot -> the tokens whose KV it still holds
+        self._cache_adapter: dict[int, str | None] = {}  # free slot -> the LoRA adapter that KV was computed with
 
     @property
     def has_work(self) -> bool:
@@ -99,6 +100,7 @@ class Scheduler:
             self.running.remove(seq)
             self._free_slots.append(seq.slot)
             self._cache[seq.slot] = seq.tokens(0, seq.num_computed)
+            self._cache_adapter[seq.slot] = seq.adapter
         elif seq in self.waiting:
             self.waiting.remove(seq)
         seq.slot = None
@@ -154,6 +156,12 @@ class Scheduler:
         batch.chunks.sort(key=lambda c: c.seq.slot)
         return batch
 
+    def drop_caches(self, adapter: str) -> None:
+        """Forget the free slots' KV computed under this adapter (it was unloaded; a new one may take its name)."""
+        for slot in [s for s, a in self._cache_adapter.items() if a == adapter]:
+            self._cache.pop(slot, None)
+            del self._cache_adapter[slot]
+
     def _pick_slot(self, seq: Sequence, admitted: list[Sequence]) -> tuple[int, int, int | None]:
         """(slot, tokens to reuse, slot to copy them from or None) for a sequence about to be admitted.
 
@@ -162,16 +170,22 @@ class Scheduler:
         """
         tokens = seq.tokens(0, seq.num_tokens)
         limit = seq.num_tokens - 1  # the last prompt token is always computed: its logits are needed
+        # KV computed under another LoRA adapter differs, so only caches of the same adapter are reused.
+        caches = {s: t for s, t in self._cache.items() if self._cache_adapter.get(s) == seq.adapter}
         # With nothing to reuse in place: an empty slot, else the least recently freed cache.
         slot = next((s for s in self._free_slots if not self._cache.get(s)), self._free_slots[0])
         reuse = 0
         for free in reversed(self._free_slots):
-            n = _common_prefix(self._cache.get(free, ()), tokens, limit)
+            n = _common_prefix(caches.get(free, ()), tokens, limit)
             if n > reuse:
                 slot, reuse = free, n
         src, best = None, reuse
-        holders = [(s.slot, s.tokens(0, s.num_computed)) for s in self.running if s not in admitted]
-        holders += [(free, cache) for free, cache in self._cache.items() if free != slot]
+        holders = [
+            (s.slot, s.tokens(0, s.num_computed))
+            for s in self.running
+            if s not in admitted and s.adapter == seq.adapter
+        ]
+        holders += [(free, cache) for free, cache in caches.items() if free != slot]
         for holder, held in holders:
             n = _common_prefix(held, tokens, limit)
             if n >= best + _MIN_COPY:

@@ -27,6 +27,7 @@ class Sequence:
     params: SamplingParams
     detokenizer: Detokenizer
     rng: np.random.Generator
+    adapter: str | None = None  # the LoRA adapter this request runs with (torch engine); None: the base model
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
