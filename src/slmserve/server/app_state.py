@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Request
 
@@ -27,6 +28,7 @@ class AppState:
     serving: Serving | None = None
     load_error: str | None = None
     loading: bool = False
+    slm_adapter: str | None = None  # the adapter /slm/load loaded last: /slm/generate and /slm/stream use it
     _lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -53,6 +55,7 @@ class AppState:
         if self.model is not None:
             self.model.close()
         self.model = self.engine = self.serving = None
+        self.slm_adapter = None
 
     async def load(self) -> bool:
         """Load settings.model unless loaded; True if this call loaded it. Raises APIError(503) on failure."""
@@ -84,6 +87,52 @@ class AppState:
                 await asyncio.sleep(0.05)
             await asyncio.to_thread(self.detach)
             return True
+
+    async def load_adapter(self, path: str, name: str | None = None) -> tuple[str, bool]:
+        """Load a LoRA adapter (loading the base model first if needed): (its name, True if loaded now).
+
+        The load runs on the engine thread between two steps, so requests in flight are not disturbed.
+        """
+        await self.load()
+        model = self.model
+        if model.backend != "torch":
+            raise errors.APIError(
+                400, "LoRA adapters need the torch engine: start the server with --engine torch", param="lora_path"
+            )
+        folder = Path(path).expanduser()
+        if not (folder / "adapter_config.json").is_file():
+            raise errors.APIError(
+                404, f"LoRA model not found: no adapter_config.json in {path}", param="lora_path", code="lora_not_found"
+            )
+        name = name or folder.name
+        if model.adapters.get(name) == str(folder):
+            self.slm_adapter = name
+            return name, False
+        if name == model.name or name in model.adapters:
+            raise errors.APIError(409, f"the name {name!r} is already taken; unload it or give another lora_name")
+        try:
+            await self.engine.call(lambda: model.runner.load_adapter(name, str(folder)))
+        except ValueError as exc:
+            raise errors.APIError(400, str(exc), param="lora_path") from exc
+        self.slm_adapter = name
+        return name, True
+
+    async def unload_adapter(self, name: str) -> None:
+        """Unload an adapter no request is using; 404 if unknown, 409 while requests use it."""
+        model = self.model
+        if model is None or name not in model.adapters:
+            raise errors.APIError(404, f"no LoRA adapter named {name!r} is loaded", code="lora_not_found")
+
+        def unload() -> None:  # on the engine thread
+            users = [s for s in model.engine.requests.values() if s.adapter == name]
+            if users:
+                raise errors.APIError(409, f"adapter {name!r} is in use by {len(users)} request(s); retry when done")
+            model.engine.scheduler.drop_caches(name)
+            model.runner.unload_adapter(name)
+
+        await self.engine.call(unload)
+        if self.slm_adapter == name:
+            self.slm_adapter = None
 
 
 def get_state(request: Request) -> AppState:

@@ -78,9 +78,13 @@ class Serving:
         if self.content_filter.blocks(*texts):
             raise errors.blocked_content()
 
-    def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.model.name:
-            raise errors.model_not_found(name, [self.model.name])
+    def check_model(self, name: str | None) -> str | None:
+        """The LoRA adapter a request's `model` names, None for the base model; 404 for an unknown name."""
+        if name is None or name == self.model.name:
+            return None
+        if name in self.model.adapters:
+            return name
+        raise errors.model_not_found(name, [self.model.name, *self.model.adapters])
 
     def sampling_params(self, req: oa.SamplingFields, prompt_len: int, logprobs: int | None) -> SamplingParams:
         """An OpenAI request's sampling fields, checked; raises APIError (400) naming the problem."""
@@ -128,13 +132,15 @@ class Serving:
             raise errors.queue_full(self.retry_after)
 
     def stream_choices(
-        self, prompt_ids: list[int], params: SamplingParams, n: int
+        self, prompt_ids: list[int], params: SamplingParams, n: int, adapter: str | None = None
     ) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Outputs of n choices of one prompt, interleaved as they come: (choice index, output)."""
         self.admit(n)
         base = uuid.uuid4().hex
         streams = [
-            self.metrics.observe(self.engine.generate(prompt_ids, self._for_choice(params, i), f"{base}-{i}"))
+            self.metrics.observe(
+                self.engine.generate(prompt_ids, self._for_choice(params, i), f"{base}-{i}", adapter=adapter)
+            )
             for i in range(n)
         ]
         return merge(streams)
@@ -146,9 +152,11 @@ class Serving:
             return params
         return dataclasses.replace(params, seed=params.seed + i)
 
-    async def collect(self, prompt_ids: list[int], params: SamplingParams, n: int) -> list[Choice]:
+    async def collect(
+        self, prompt_ids: list[int], params: SamplingParams, n: int, adapter: str | None = None
+    ) -> list[Choice]:
         choices = [Choice(i) for i in range(n)]
-        async for i, out in self.stream_choices(prompt_ids, params, n):
+        async for i, out in self.stream_choices(prompt_ids, params, n, adapter):
             choices[i].add(out)
         return choices
 

@@ -12,7 +12,8 @@ from slmserve.server.serving import Choice, Serving, now, sse_stream, usage
 async def create_chat_completion(
     serving: Serving, req: oa.ChatCompletionRequest
 ) -> oa.ChatCompletion | AsyncIterator[str]:
-    serving.check_model(req.model)
+    adapter = serving.check_model(req.model)
+    name = adapter or serving.model.name
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     serving.check_content(*(text_of(m.get("content")) for m in messages))
     prompt = serving.model.chat_template.render(messages)
@@ -22,11 +23,11 @@ async def create_chat_completion(
     params = serving.sampling_params(req, len(prompt_ids), top)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        stream = serving.stream_choices(prompt_ids, params, req.n)
-        return sse_stream(_chunks(serving, stream, len(prompt_ids), req.n, include_usage))
-    choices = await serving.collect(prompt_ids, params, req.n)
+        stream = serving.stream_choices(prompt_ids, params, req.n, adapter)
+        return sse_stream(_chunks(serving, stream, name, len(prompt_ids), req.n, include_usage))
+    choices = await serving.collect(prompt_ids, params, req.n, adapter)
     return oa.ChatCompletion(
-        model=serving.model.name,
+        model=name,
         choices=[
             oa.ChatChoice(
                 index=c.index,
@@ -41,9 +42,9 @@ async def create_chat_completion(
 
 
 async def _chunks(
-    serving: Serving, stream, prompt_tokens: int, n: int, include_usage: bool
+    serving: Serving, stream, model: str, prompt_tokens: int, n: int, include_usage: bool
 ) -> AsyncIterator[oa.ChatCompletionChunk]:
-    head = oa.ChatCompletionChunk(id=oa._id("chatcmpl"), created=now(), model=serving.model.name, choices=[])
+    head = oa.ChatCompletionChunk(id=oa._id("chatcmpl"), created=now(), model=model, choices=[])
 
     def chunk(**kw) -> oa.ChatCompletionChunk:
         return head.model_copy(update=kw)

@@ -28,7 +28,7 @@ def _prompts(serving: Serving, prompt) -> list[list[int]]:
 
 
 async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.Completion | AsyncIterator[str]:
-    serving.check_model(req.model)
+    adapter = serving.check_model(req.model)
     texts = [req.prompt] if isinstance(req.prompt, str) else [p for p in req.prompt if isinstance(p, str)]
     serving.check_content(*texts)
     prompts = _prompts(serving, req.prompt)
@@ -37,8 +37,10 @@ async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.C
     echo = [serving.model.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return sse_stream(_chunks(serving, req, prompts, params, echo, include_usage))
-    results = await asyncio.gather(*(serving.collect(ids, p, req.n) for ids, p in zip(prompts, params, strict=True)))
+        return sse_stream(_chunks(serving, req, adapter, prompts, params, echo, include_usage))
+    results = await asyncio.gather(
+        *(serving.collect(ids, p, req.n, adapter) for ids, p in zip(prompts, params, strict=True))
+    )
     choices: list[oa.CompletionChoice] = []
     all_choices: list[Choice] = []
     for k, group in enumerate(results):
@@ -53,18 +55,18 @@ async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.C
             )
         all_choices.extend(group)
     prompt_tokens = sum(len(ids) for ids in prompts)
-    return oa.Completion(model=serving.model.name, choices=choices, usage=usage(prompt_tokens, all_choices))
+    return oa.Completion(model=adapter or serving.model.name, choices=choices, usage=usage(prompt_tokens, all_choices))
 
 
-async def _chunks(serving: Serving, req, prompts, params, echo, include_usage) -> AsyncIterator[oa.Completion]:
-    head = oa.Completion(model=serving.model.name, created=now(), choices=[])
+async def _chunks(serving: Serving, req, adapter, prompts, params, echo, include_usage) -> AsyncIterator[oa.Completion]:
+    head = oa.Completion(model=adapter or serving.model.name, created=now(), choices=[])
     n = req.n
     for k in range(len(prompts)):
         for i in range(n):
             if echo[k]:
                 yield head.model_copy(update={"choices": [oa.CompletionChoice(index=k * n + i, text=echo[k])]})
     choices = [Choice(i) for i in range(len(prompts) * n)]
-    streams = [serving.stream_choices(ids, p, n) for ids, p in zip(prompts, params, strict=True)]
+    streams = [serving.stream_choices(ids, p, n, adapter) for ids, p in zip(prompts, params, strict=True)]
     async for k, (i, out) in merge(streams):
         choices[k * n + i].add(out)
         if out.text or out.finished:

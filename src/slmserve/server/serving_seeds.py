@@ -65,8 +65,7 @@ async def chat_batched(serving: Serving, req: sd.BatchedRequest) -> sd.BatchedRe
 async def generate(serving: Serving, req: sd.GenerateRequest) -> sd.GenerateResponse:
     """Seeds 003/004: continue the prompt as plain text; generated_text is prompt + continuation."""
     settings = serving.settings
-    if req.model is not None:
-        serving.check_model(req.model)
+    adapter = serving.check_model(req.model)
     serving.check_content(req.prompt)
     max_length = req.max_length or settings.default_max_length
     if max_length > settings.max_length_limit:
@@ -82,7 +81,7 @@ async def generate(serving: Serving, req: sd.GenerateRequest) -> sd.GenerateResp
         len(ids), max_length - len(ids), temperature=temperature if req.do_sample else 0.0, top_k=req.top_k,
         top_p=req.top_p,
     )  # fmt: skip
-    choice = (await serving.collect(ids, params, 1))[0]
+    choice = (await serving.collect(ids, params, 1, adapter))[0]
     return sd.GenerateResponse(
         prompt=req.prompt,
         generated_text=req.prompt + choice.text,
@@ -97,7 +96,7 @@ async def generate(serving: Serving, req: sd.GenerateRequest) -> sd.GenerateResp
         },  # fmt: skip
         metadata={
             "model": serving.model.name,
-            "device": DEVICE.upper(),
+            "device": serving.model.device.upper(),
             "prompt_tokens": len(ids),
             "completion_tokens": choice.num_tokens,
             "finish_reason": choice.finish_reason,
@@ -122,13 +121,13 @@ async def slm_generate(state: AppState, req: sd.SlmGenerateRequest) -> dict:
     if serving is None:
         raise errors.not_ready()
     prompt, ids = chat_ids(serving, "", req.prompt)
-    choice = (await serving.collect(ids, slm_params(serving, req, len(ids)), 1))[0]
+    choice = (await serving.collect(ids, slm_params(serving, req, len(ids)), 1, state.slm_adapter))[0]
     return {
         "success": True,
         "prompt": req.prompt,
         "response": choice.text,
         "full_response": prompt + choice.text,
-        "device": DEVICE,
+        "device": serving.model.device,
         "settings": slm_settings(req),
     }
 
@@ -139,7 +138,7 @@ async def slm_stream(state: AppState, req: sd.SlmGenerateRequest) -> AsyncIterat
         if state.serving is None:
             yield sse({"status": "Loading SLM model..."})
             await state.load()
-            yield sse({"status": f"Model loaded on {DEVICE}"})
+            yield sse({"status": f"Model loaded on {state.model.device}"})
         serving = state.serving
         if serving is None:
             raise errors.not_ready()
@@ -147,11 +146,18 @@ async def slm_stream(state: AppState, req: sd.SlmGenerateRequest) -> AsyncIterat
         params = slm_params(serving, req, len(ids))
         yield sse({"status": "Generating response..."})
         full = ""
-        async for _, out in serving.stream_choices(ids, params, 1):
+        async for _, out in serving.stream_choices(ids, params, 1, state.slm_adapter):
             if out.text:
                 full += out.text
                 yield sse({"text": out.text, "full_text": full, "is_complete": False})
-        yield sse({"status": "Response complete!", "device_used": DEVICE, "full_text": full, "is_complete": True})
+        yield sse(
+            {
+                "status": "Response complete!",
+                "device_used": serving.model.device,
+                "full_text": full,
+                "is_complete": True,
+            }
+        )
     except QueueFullError:
         yield sse({"status": "error", "error": errors.AT_CAPACITY, "is_complete": True})
     except (errors.APIError, RuntimeError) as exc:

@@ -167,6 +167,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "slmserve"
+    parent: str | None = None  # for a LoRA adapter: the base model it runs on (as vLLM reports it)
     max_model_len: int | None = None
 
 

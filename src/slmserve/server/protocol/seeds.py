@@ -68,7 +68,18 @@ class BatchedResponse(BaseModel):
 
 
 class SlmLoadRequest(BaseModel):
-    lora_path: str | None = None
+    """Seed 002: POST /slm/load. With lora_path, load that peft LoRA adapter (torch engine) on the base model."""
+
+    lora_path: str | None = Field(None, min_length=1)
+    lora_name: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[\w.-]+$", description="Defaults to the folder's name."
+    )
+
+
+class SlmUnloadRequest(BaseModel):
+    """POST /slm/unload: with lora_name, unload only that adapter; with no body, the whole model."""
+
+    lora_name: str = Field(min_length=1)
 
 
 class SlmGenerateRequest(BaseModel):

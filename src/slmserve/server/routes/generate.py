@@ -20,11 +20,12 @@ async def generate(req: sd.GenerateRequest, serving: Serving = Depends(get_servi
 
 @router.get("/info")
 async def info(request: Request) -> dict:
-    s = get_state(request).settings
+    state = get_state(request)
+    s = state.settings
     return {
         "api_version": __version__,
         "model": s.model_name,
-        "device": serving_seeds.DEVICE.upper(),
+        "device": (state.model.device if state.model else serving_seeds.DEVICE).upper(),
         "max_length_limit": s.max_length_limit,
         "default_max_length": s.default_max_length,
         "default_temperature": s.default_temperature,

@@ -15,7 +15,8 @@ router = APIRouter()
 async def health(request: Request) -> JSONResponse:
     """200 once the model is loaded and the engine runs; 503 while loading, after a failure, or when unloaded."""
     state = get_state(request)
-    body = {"model": state.settings.model_name, "device": "CPU", "cuda_available": False}
+    device = state.model.device if state.model else "cpu"
+    body = {"model": state.settings.model_name, "device": device.upper(), "cuda_available": device.startswith("cuda")}
     if state.serving is None:
         status = "loading" if state.loading else ("error" if state.load_error else "unloaded")
         return JSONResponse({"status": status, "error": state.load_error, **body}, status_code=503)

@@ -15,36 +15,54 @@ router = APIRouter(prefix="/slm")
 @router.get("/info")
 async def info(request: Request) -> dict:
     state = get_state(request)
+    model = state.model
+    adapters = dict(model.adapters) if model else {}
     return {
         "model_loaded": state.serving is not None,
-        "device": serving_seeds.DEVICE,
+        "device": model.device if model else serving_seeds.DEVICE,
+        "engine": model.backend if model else state.settings.engine,
         "base_model": state.settings.model_name,
-        "model_path": str(state.model.path) if state.model else None,
-        "lora_path": None,
-        "cuda_available": False,
+        "model_path": model.source if model else None,
+        "lora_path": adapters.get(state.slm_adapter),
+        "lora_name": state.slm_adapter,
+        "adapters": adapters,
+        "cuda_available": bool(model and model.device.startswith("cuda")),
         "mps_available": False,
     }
 
 
 @router.post("/load")
 async def load(request: Request, req: sd.SlmLoadRequest | None = None) -> dict:
+    """Load the base model; with lora_path, also that LoRA adapter, which /slm/generate and /slm/stream then use."""
     state = get_state(request)
     if req is not None and req.lora_path:
-        raise errors.APIError(400, "LoRA adapters are not supported by the llama.cpp engine yet (see issue #4)")
+        name, loaded_now = await state.load_adapter(req.lora_path, req.lora_name)
+        verb = "loaded successfully" if loaded_now else "already loaded"
+        return {
+            "success": True,
+            "message": f"LoRA adapter {name!r} {verb} on {state.model.device}",
+            "device": state.model.device,
+            "model_path": state.model.adapters[name],
+            "lora_name": name,
+        }
     loaded_now = await state.load()
     verb = "loaded successfully" if loaded_now else "already loaded"
     return {
         "success": True,
-        "message": f"Model {verb} on {serving_seeds.DEVICE}",
-        "device": serving_seeds.DEVICE,
-        "model_path": str(state.model.path),
+        "message": f"Model {verb} on {state.model.device}",
+        "device": state.model.device,
+        "model_path": state.model.source,
     }
 
 
 @router.post("/unload")
-async def unload(request: Request) -> dict:
-    """Requests in flight finish first; then the model's memory is freed."""
-    if await get_state(request).unload():
+async def unload(request: Request, req: sd.SlmUnloadRequest | None = None) -> dict:
+    """With lora_name, unload that adapter. Otherwise requests in flight finish first; then the model is freed."""
+    state = get_state(request)
+    if req is not None:
+        await state.unload_adapter(req.lora_name)
+        return {"success": True, "message": f"LoRA adapter {req.lora_name!r} unloaded"}
+    if await state.unload():
         return {"success": True, "message": "Model unloaded successfully"}
     return {"success": False, "message": "No model is loaded"}
 
