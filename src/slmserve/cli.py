@@ -149,6 +149,47 @@ def bench(
 
 
 @app.command()
+def finetune(
+    data: Annotated[Path, typer.Option(help="JSONL: {instruction, response[, input]} or {messages: [...]} rows.")],
+    output: Annotated[Path, typer.Option(help="Directory for the adapter, checkpoints and loss_curve.png.")],
+    model: Annotated[str, typer.Option(help="Base model: a known id, GGUF, HF directory or hub id.")] = (
+        "smollm2-135m-instruct"
+    ),
+    epochs: Annotated[float, typer.Option(help="Passes over the training examples.")] = 3.0,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
+    rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 8,
+    alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / rank).")] = 16,
+    target_modules: Annotated[str, typer.Option(help="all-linear, or comma-separated module names.")] = "all-linear",
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    max_length: Annotated[int, typer.Option(help="Tokens per example; longer ones are cut.")] = 256,
+    val_fraction: Annotated[float, typer.Option(help="Share of examples held out for validation.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Shuffle and initialisation seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Go on from the last checkpoint in --output, if any.")] = True,
+) -> None:
+    """Fine-tune a LoRA adapter on a JSONL dataset (needs slmserve[torch]); serve it with --lora NAME=OUTPUT."""
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from slmserve.finetune import FinetuneConfig
+        from slmserve.finetune import finetune as run_finetune
+    except ImportError as exc:
+        typer.echo(f"fine-tuning needs the torch extra: pip install 'slmserve[torch]' ({exc})", err=True)
+        raise typer.Exit(2) from exc
+    config = FinetuneConfig(
+        data=data, output=output, model=model, epochs=epochs, lr=lr, rank=rank, alpha=alpha,
+        target_modules=target_modules, batch_size=batch_size, max_length=max_length, val_fraction=val_fraction,
+        seed=seed, device=device, resume=resume,
+    )  # fmt: skip
+    try:
+        metrics = run_finetune(config)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(metrics, indent=2))
+    typer.echo(f"adapter in {output}; serve it with: slmserve serve --engine torch --lora NAME={output}")
+
+
+@app.command()
 def models() -> None:
     """List the model ids slmserve knows and where their files are."""
     from slmserve.models.registry import KNOWN_MODELS

@@ -1,0 +1,218 @@
+"""LoRA fine-tuning (seed 002's training step): a JSONL dataset -> a peft adapter directory that `serve --lora` takes.
+
+The training loop is transformers' Trainer on a peft model: it gives the progress bar, checkpoints every epoch
+and resuming from the last one. We add the data format, the loss masking (only the answer is learnt) and the
+loss curve. Needs slmserve[torch].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from slmserve.engine.hf_models import converted_gguf, pick_device
+from slmserve.models.registry import resolve_model
+from slmserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    data: Path
+    output: Path
+    model: str = "smollm2-135m-instruct"
+    epochs: float = 3.0
+    lr: float = 2e-4
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str = "all-linear"
+    batch_size: int = 8
+    max_length: int = 256
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = True
+
+
+def read_examples(path: Path) -> list[list[dict]]:
+    """JSONL rows -> chat message lists ending with the assistant's answer. Raises ValueError naming the line.
+
+    A row is {"instruction", "response"} (an optional "input" is appended to the instruction, as in Alpaca)
+    or {"messages": [{"role", "content"}, ...]} whose last message is the assistant's.
+    """
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from exc
+            if isinstance(row, dict) and "messages" in row:
+                messages = row["messages"]
+                ok = (
+                    isinstance(messages, list)
+                    and messages
+                    and all(
+                        isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages
+                    )
+                )
+                if not ok or messages[-1]["role"] != "assistant":
+                    raise ValueError(f"{path}:{n}: messages must be role/content objects ending with the assistant's")
+            elif (
+                isinstance(row, dict)
+                and isinstance(row.get("instruction"), str)
+                and isinstance(row.get("response"), str)
+            ):
+                prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+                messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["response"]}]
+            else:
+                raise ValueError(f'{path}:{n}: expected {{"instruction", "response"}} or {{"messages": [...]}}')
+            examples.append(messages)
+    if not examples:
+        raise ValueError(f"{path} holds no examples")
+    return examples
+
+
+def encode_example(tokenizer, messages: list[dict], max_length: int) -> dict:
+    """Token ids of the whole chat, with labels only on the assistant's last answer (-100 elsewhere)."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the prompt differently inside the full chat")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + answer_ids)[:max_length]
+    labels = ([-100] * len(prompt_ids) + answer_ids)[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Shuffle, then hold out val_fraction (at least one example when there are two or more)."""
+    order = examples[:]
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(order) * val_fraction)) if len(order) >= 2 and val_fraction > 0 else 0
+    return order[n_val:], order[:n_val]
+
+
+def base_model_path(model: str, cache_dir: str) -> str:
+    """What transformers can load for this model: a HF directory or hub id; a GGUF is converted (cached)."""
+    source = resolve_model(model)
+    if source.format == "gguf":
+        return str(converted_gguf(source.path, Path(cache_dir).expanduser()))
+    return str(source.path) if source.path is not None else source.hub_id
+
+
+def plot_losses(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    val = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="training loss")
+    if val:
+        ax.plot(*zip(*val, strict=True), marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def finetune(cfg: FinetuneConfig, settings: Settings | None = None) -> dict:
+    """Train a LoRA adapter; write it to cfg.output with loss_curve.png and metrics.json. Returns the metrics."""
+    settings = settings or Settings()
+    examples = read_examples(cfg.data)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    where = base_model_path(cfg.model, settings.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(f"{cfg.model} has no chat template; fine-tuning here trains chat answers")
+    train_rows, val_rows = split(examples, cfg.val_fraction, cfg.seed)
+    train_set = [encode_example(tokenizer, m, cfg.max_length) for m in train_rows]
+    val_set = [encode_example(tokenizer, m, cfg.max_length) for m in val_rows]
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules if cfg.target_modules == "all-linear" else cfg.target_modules.split(","),
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("%d train / %d validation examples; %d of %d parameters trainable", len(train_set), len(val_set),
+             trainable, total)  # fmt: skip
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    args = TrainingArguments(
+        output_dir=str(cfg.output),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        logging_steps=1,
+        eval_strategy="epoch" if val_set else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        report_to="none",
+        use_cpu=device.type == "cpu",
+        dataloader_pin_memory=False,
+        seed=cfg.seed,
+        warmup_steps=2,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set or None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+    )
+    checkpoint = get_last_checkpoint(str(cfg.output)) if cfg.resume else None
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    model.save_pretrained(str(cfg.output))
+    tokenizer.save_pretrained(str(cfg.output))
+    history = trainer.state.log_history
+    plot_losses(history, cfg.output / "loss_curve.png")
+    losses = [e["loss"] for e in history if "loss" in e]
+    metrics = {
+        "base_model": cfg.model,
+        "examples": {"train": len(train_set), "validation": len(val_set)},
+        "epochs": cfg.epochs,
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "validation_loss": [e["eval_loss"] for e in history if "eval_loss" in e],
+        "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+        "resumed_from": checkpoint,
+        "lora": {"rank": cfg.rank, "alpha": cfg.alpha, "target_modules": cfg.target_modules},
+    }
+    (cfg.output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
