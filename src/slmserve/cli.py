@@ -156,7 +156,7 @@ def finetune(
         "smollm2-135m-instruct"
     ),
     epochs: Annotated[float, typer.Option(help="Passes over the training examples.")] = 3.0,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
+    lr: Annotated[float, typer.Option(help="Learning rate (1e-3 suits LoRA on small models and datasets).")] = 1e-3,
     rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 8,
     alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / rank).")] = 16,
     target_modules: Annotated[str, typer.Option(help="all-linear, or comma-separated module names.")] = "all-linear",

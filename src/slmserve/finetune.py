@@ -37,7 +37,7 @@ class FinetuneConfig:
     output: Path
     model: str = "smollm2-135m-instruct"
     epochs: float = 3.0
-    lr: float = 2e-4
+    lr: float = 1e-3
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05

@@ -239,7 +239,7 @@ class TorchRunner:
             else:
                 self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
                 self.peft.to(self.device)
-        except (OSError, RuntimeError, KeyError, TypeError) as exc:
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"cannot load the LoRA adapter at {path}: {exc}") from exc
         self.model.eval()
         self.adapters[name] = path
