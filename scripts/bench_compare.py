@@ -1,9 +1,11 @@
-"""Benchmark slmserve and llama-cpp-python's own server on the same GGUF, one after the other, same session.
+"""Benchmark slmserve's two engines and llama-cpp-python's own server on the bundled model, one after another.
 
 For each server: process start to /health 200, `slmserve bench` at each concurrency, the server's peak resident
 memory while under load. Writes one JSON per server plus a summary JSON, and prints a markdown table.
+slmserve-torch serves the same GGUF dequantized to fp32 through transformers (converted once, then cached).
 
     python scripts/bench_compare.py --out bench-results [--concurrency 1,8,32] [--max-tokens 128]
+        [--servers slmserve,slmserve-torch,llama-cpp-python] [--torch-device cpu]
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--only", choices=["slmserve", "llama-cpp-python"], default=None)
+    parser.add_argument("--servers", default="slmserve,slmserve-torch,llama-cpp-python", help="which, in order")
+    parser.add_argument("--torch-device", default="auto", help="slmserve-torch's --device (cpu, cuda, auto)")
+    parser.add_argument("--torch-max-running", type=int, default=32, help="slmserve-torch's --max-running")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     gguf = str(resolve_model_path("smollm2-135m-instruct"))
@@ -103,6 +107,14 @@ def main() -> None:
     servers = [
         ("slmserve", [str(bindir / "slmserve"), "serve", "--port", "8101"], 8101, ["/health"]),
         (
+            "slmserve-torch",
+            [str(bindir / "slmserve"), "serve", "--engine", "torch", "--device", args.torch_device, "--port", "8103",
+             "--max-running", str(args.torch_max_running),
+             "--ctx-size", str(512 * args.torch_max_running)],
+            8103,
+            ["/health"],
+        ),
+        (
             "llama-cpp-python",
             [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--port", "8102", "--n_ctx", "8192",
              "--n_threads", threads, "--n_threads_batch", threads, "--verbose", "false"],
@@ -110,7 +122,8 @@ def main() -> None:
             ["/v1/models"],
         ),
     ]  # fmt: skip
-    summary = [bench_server(*s, args) for s in servers if args.only in (None, s[0])]
+    wanted = args.servers.split(",")
+    summary = [bench_server(*s, args) for name in wanted for s in servers if s[0] == name]
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n| server | conc | tok/s | TTFT p50 | TTFT p95 | ITL p50 | latency p50 | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

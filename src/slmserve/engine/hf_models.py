@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from slmserve.engine.engine import Engine
 from slmserve.engine.loader import LoadedModel
 from slmserve.engine.runner_torch import HFTokenizer, TorchRunner
-from slmserve.models.chat_template import ChatTemplate
+from slmserve.models.chat_template import HFChatTemplate
 from slmserve.models.registry import ModelSource
 from slmserve.settings import Settings
 
@@ -77,6 +78,10 @@ def load(settings: Settings, source: ModelSource) -> LoadedModel:
     dtype = pick_dtype(settings.dtype, device)
     if device.type == "cpu":
         torch.set_num_threads(settings.n_threads)
+    # A torch step is ~1000 Python-level op calls, each taking the GIL back from the HTTP thread; the default 5 ms
+    # switch interval can stall the engine that long each time. 0.5 ms: 212 vs 197 tok/s at 32 concurrent over
+    # HTTP (mean of 4 alternating runs, 2 cores); llama.cpp's step is one C call and does not care.
+    sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
     where = str(source.path) if source.path is not None else source.hub_id
     if source.format == "gguf":
         where = str(converted_gguf(source.path, Path(settings.cache_dir).expanduser()))
@@ -104,11 +109,7 @@ def load(settings: Settings, source: ModelSource) -> LoadedModel:
         token_budget=settings.step_token_budget,
         kv_capacity=settings.max_running * slot_len,
     )
-    template = ChatTemplate(
-        tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
-        bos_token=tokenizer.bos_token or "",
-        eos_token=tokenizer.eos_token or "",
-    )
+    template = HFChatTemplate(tokenizer)
     log.info(
         "torch %s %s, %d slots of %d tokens", device, str(dtype).removeprefix("torch."), settings.max_running, slot_len
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmserve.engine.engine import Engine, Runner, Tokenizer
-from slmserve.models.chat_template import ChatTemplate
+from slmserve.models.chat_template import ChatTemplate, HFChatTemplate
 from slmserve.models.registry import ModelSource, resolve_model
 from slmserve.settings import Settings
 
@@ -22,7 +22,7 @@ class LoadedModel:
     engine: Engine
     runner: Runner
     tokenizer: Tokenizer
-    chat_template: ChatTemplate
+    chat_template: ChatTemplate | HFChatTemplate
     max_model_len: int  # the most tokens (prompt + completion) one request may use
     backend: str = "llama.cpp"  # or "torch"
     device: str = "cpu"

@@ -1,0 +1,104 @@
+"""In-process engine throughput: N requests at once through Engine.generate, no HTTP. Prints figures, writes JSON.
+
+Each concurrency level runs N chat requests ("Tell me a story about a cat. (#i)") of --max-tokens greedy tokens
+(EOS ignored, so every request yields exactly that many) and reports aggregate tokens/s over the whole run,
+prefill included. --random-weights builds the model from --model's config.json with random weights: used on a
+lent GPU machine, where the real weights cannot travel; speed does not depend on the weights' values.
+
+    python scripts/bench_engine.py --engine torch --device cpu --concurrency 1,8,32,64 --json out.json
+    python scripts/bench_engine.py --model DIR --random-weights --device cuda --concurrency 1,32,128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from slmserve.engine.loader import load_model
+from slmserve.engine.sampling import SamplingParams
+from slmserve.settings import Settings
+
+
+def random_model(config_dir: str) -> str:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    out = tempfile.mkdtemp(prefix="slmserve-random-")
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(config_dir).save_pretrained(out)
+    return out
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU"
+
+
+def run_level(model, n: int, max_tokens: int) -> dict:
+    enc = lambda text: model.tokenizer.encode(  # noqa: E731
+        model.chat_template.render([{"role": "user", "content": text}]), add_special=False
+    )
+    prompts = {f"r{i}": enc(f"Tell me a story about a cat. (#{i})") for i in range(n)}
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    model.engine.generate({"warm": prompts["r0"]}, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    start = time.perf_counter()
+    out = model.engine.generate(prompts, params)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(v) for v in out.values())
+    return {
+        "concurrency": n,
+        "tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--engine", default="torch", choices=["torch", "llama.cpp"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--random-weights", action="store_true", help="random weights from --model's config")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    model_path = random_model(args.model) if args.random_weights else args.model
+    slots = max(levels)
+    settings = Settings(
+        model=model_path, engine=args.engine, device=args.device, dtype=args.dtype, max_running=slots,
+        ctx_size=slots * 512, max_waiting=max(256, slots),
+    )  # fmt: skip
+    model = load_model(settings)
+    results = [run_level(model, n, args.max_tokens) for n in levels]
+    report = {
+        "engine": args.engine,
+        "model": args.model + (" (random weights)" if args.random_weights else ""),
+        "device": model.device,
+        "device_name": device_name(model.device),
+        "dtype": args.dtype,
+        "max_tokens": args.max_tokens,
+        "results": results,
+    }
+    model.close()
+    print(f"{report['engine']} on {report['device_name']} ({report['device']}), {report['model']}")
+    for r in results:
+        print(
+            f"  concurrency {r['concurrency']:>4}: {r['tokens_per_s']:>8.1f} tok/s ({r['tokens']} in {r['seconds']} s)"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
