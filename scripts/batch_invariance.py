@@ -1,9 +1,10 @@
 """How often does a greedy request give the same tokens alone and among 16 concurrent others?
 
-Runs 8 different target prompts, each alone and then beside --crowd (16) other requests, in both KV layouts (split
-streams, the default, and --kv-unified), and reports how many matched and where the others first diverged.
+Runs 8 different target prompts, each alone and then beside --crowd (16) other requests, in both KV layouts of the
+llama.cpp engine (split streams, the default, and --kv-unified) and on the torch engine (fp32, the same weights
+dequantized), and reports how many matched and where the others first diverged.
 
-    python scripts/batch_invariance.py [--json docs/bench/batch_invariance.json]
+    python scripts/batch_invariance.py [--json docs/bench/batch_invariance.json] [--engines llama.cpp,torch]
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from slmserve.settings import Settings
 TOPICS = ["the sea", "a cat", "Paris", "rain", "computers", "music", "a forest", "the moon"]
 
 
-def measure(kv_unified: bool, max_tokens: int, crowd: int) -> dict:
-    settings = Settings(kv_unified=kv_unified, ctx_size=8192 if kv_unified else 16384, max_running=crowd + 1)
+def measure(kv_unified: bool, max_tokens: int, crowd: int, engine: str = "llama.cpp") -> dict:
+    settings = Settings(
+        kv_unified=kv_unified, ctx_size=8192 if kv_unified else 16384, max_running=crowd + 1, engine=engine
+    )
     model = load_model(settings)
     enc = lambda text: model.tokenizer.encode(  # noqa: E731
         model.chat_template.render([{"role": "user", "content": text}]), add_special=False
@@ -37,6 +40,7 @@ def measure(kv_unified: bool, max_tokens: int, crowd: int) -> dict:
     model.close()
     same = sum(d is None for d in divergences)
     return {
+        "engine": engine,
         "kv_unified": kv_unified,
         "trials": len(TOPICS),
         "identical": same,
@@ -51,10 +55,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--crowd", type=int, default=16, help="concurrent other requests")
+    parser.add_argument("--engines", default="llama.cpp,torch")
     args = parser.parse_args()
-    results = [measure(False, args.max_tokens, args.crowd), measure(True, args.max_tokens, args.crowd)]
+    engines = args.engines.split(",")
+    results = []
+    if "llama.cpp" in engines:
+        results += [measure(False, args.max_tokens, args.crowd), measure(True, args.max_tokens, args.crowd)]
+    if "torch" in engines:
+        results.append(measure(False, args.max_tokens, args.crowd, "torch"))
     for r in results:
-        layout = "unified KV buffer" if r["kv_unified"] else "split KV streams"
+        layout = (
+            "torch engine, slot cache"
+            if r["engine"] == "torch"
+            else ("unified KV buffer" if r["kv_unified"] else "split KV streams")
+        )
         diverged = r["first_divergence_token"]
         print(f"{layout}, {r['crowd']} others: {r['identical']}/{r['trials']} identical; diverged at tokens {diverged}")
     if args.json:

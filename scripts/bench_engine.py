@@ -7,6 +7,11 @@ lent GPU machine, where the real weights cannot travel; speed does not depend on
 
     python scripts/bench_engine.py --engine torch --device cpu --concurrency 1,8,32,64 --json out.json
     python scripts/bench_engine.py --model DIR --random-weights --device cuda --concurrency 1,32,128
+    python scripts/bench_engine.py --device cpu --concurrency 32 --lora-mix 2   # the cost of LoRA adapters
+
+--lora-mix K adds K random rank-8 adapters (all linear layers, as `slmserve finetune` makes them) and runs each
+level three ways: every request on the base model, every request on one adapter, and requests spread round-robin
+over the base model and the K adapters (all in the same steps).
 """
 
 from __future__ import annotations
@@ -42,19 +47,39 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU"
 
 
-def run_level(model, n: int, max_tokens: int) -> dict:
+def random_adapters(model_name: str, k: int) -> dict[str, str]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from slmserve.finetune import base_model_path
+
+    base = base_model_path(model_name, Settings().cache_dir)
+    out = {}
+    for i in range(k):
+        torch.manual_seed(i)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+        out[f"a{i}"] = tempfile.mkdtemp(prefix="slmserve-lora-")
+        get_peft_model(model, config).save_pretrained(out[f"a{i}"])
+    return out
+
+
+def run_level(model, n: int, max_tokens: int, adapters: list[str | None] = (None,)) -> dict:
     enc = lambda text: model.tokenizer.encode(  # noqa: E731
         model.chat_template.render([{"role": "user", "content": text}]), add_special=False
     )
     prompts = {f"r{i}": enc(f"Tell me a story about a cat. (#{i})") for i in range(n)}
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     model.engine.generate({"warm": prompts["r0"]}, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    which = {key: adapters[i % len(adapters)] for i, key in enumerate(prompts)}
     start = time.perf_counter()
-    out = model.engine.generate(prompts, params)
+    out = model.engine.generate(prompts, params, which)
     seconds = time.perf_counter() - start
     tokens = sum(len(v) for v in out.values())
     return {
         "concurrency": n,
+        "adapters": [a or "base" for a in adapters],
         "tokens": tokens,
         "seconds": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 1),
@@ -70,6 +95,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--random-weights", action="store_true", help="random weights from --model's config")
+    parser.add_argument("--lora-mix", type=int, default=0, help="K random adapters: base, one, mixed runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -80,7 +106,12 @@ def main() -> None:
         ctx_size=slots * 512, max_waiting=max(256, slots),
     )  # fmt: skip
     model = load_model(settings)
-    results = [run_level(model, n, args.max_tokens) for n in levels]
+    mixes: list[list[str | None]] = [[None]]
+    if args.lora_mix:
+        for name, path in random_adapters(args.model, args.lora_mix).items():
+            model.runner.load_adapter(name, path)
+        mixes += [["a0"], [None, *model.runner.adapters]]
+    results = [run_level(model, n, args.max_tokens, mix) for n in levels for mix in mixes]
     report = {
         "engine": args.engine,
         "model": args.model + (" (random weights)" if args.random_weights else ""),
@@ -93,9 +124,9 @@ def main() -> None:
     model.close()
     print(f"{report['engine']} on {report['device_name']} ({report['device']}), {report['model']}")
     for r in results:
-        print(
-            f"  concurrency {r['concurrency']:>4}: {r['tokens_per_s']:>8.1f} tok/s ({r['tokens']} in {r['seconds']} s)"
-        )
+        on = "+".join(r["adapters"])
+        rate, n = r["tokens_per_s"], r["concurrency"]
+        print(f"  concurrency {n:>4}, {on}: {rate:>8.1f} tok/s ({r['tokens']} in {r['seconds']} s)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

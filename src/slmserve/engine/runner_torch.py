@@ -219,6 +219,7 @@ class TorchRunner:
         self.peft = None  # a PeftModel wrapping self.model, once an adapter is loaded
         self.adapters: dict[str, str] = {}  # name -> path
         self._step_adapters: list[str] | None = None  # per token, read by the LoRA layers' pre-hook
+        self._lora_mode: str | None = None  # "off", an adapter's name, or "mixed": how the LoRA layers are set
 
     # -- adapters ---------------------------------------------------------------------------------------------
 
@@ -243,12 +244,33 @@ class TorchRunner:
             raise ValueError(f"cannot load the LoRA adapter at {path}: {exc}") from exc
         self.model.eval()
         self.adapters[name] = path
+        self._lora_mode = None  # peft made the new adapter the active one
 
     def unload_adapter(self, name: str) -> None:
         if name not in self.adapters:
             raise KeyError(name)
         self.peft.delete_adapter(name)
         del self.adapters[name]
+        self._lora_mode = None
+
+    def _set_lora_mode(self, adapters: list[str]) -> list[str] | None:
+        """Set the LoRA layers for this step; the per-token names when the step mixes adapters, else None.
+
+        A step of one adapter (or of the base model alone) runs peft's plain forward: its mixed-batch path
+        gathers and scatters rows in every LoRA layer, 8% of a step's time even when no token uses an adapter.
+        """
+        names = set(adapters)
+        mode = "mixed" if len(names) > 1 else ("off" if names == {BASE} else names.pop())
+        if mode != self._lora_mode:
+            lora = self.peft.base_model
+            if mode == "off":
+                lora.disable_adapter_layers()
+            else:
+                lora.enable_adapter_layers()
+                if mode != "mixed":
+                    lora.set_adapter(mode)
+            self._lora_mode = mode
+        return adapters if mode == "mixed" else None
 
     def _adapter_names_hook(self, module, args, kwargs):
         if self._step_adapters is not None:
@@ -295,7 +317,7 @@ class TorchRunner:
             layout.decode_slots = slice(lo, hi)
             layout.decode_index = self._tensor([s - lo for s in decode_slots])
             layout.decode_mask = mask[:, None, None, :].to(self.device)
-        self._step_adapters = adapters if self.peft is not None else None
+        self._step_adapters = self._set_lora_mode(adapters) if self.peft is not None else None
         try:
             hidden = self._decoder(
                 input_ids=self._tensor(tokens)[:, None],
