@@ -2,6 +2,7 @@
 
 import pytest
 
+from slmserve.engine.engine import UnknownAdapterError
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import QueueFullError
 from tests.fakes import EOS, ScriptedRunner, make_engine, run_all
@@ -91,4 +92,11 @@ def test_offline_generate_runs_prompts_together_to_the_end():
     engine = make_engine(runner)
     out = engine.generate({"x": [1], "y": [2, 3]}, SamplingParams(max_tokens=10, temperature=0))
     assert out == {"x": [97, 98, 99, EOS], "y": [97, 98, 99, EOS]}
+    assert not engine.has_work
+
+
+def test_a_request_for_an_adapter_the_runner_does_not_hold_is_refused():
+    engine = make_engine()
+    with pytest.raises(UnknownAdapterError, match="'pirate' does not exist"):
+        engine.add_request("a", [1], SamplingParams(), adapter="pirate")
     assert not engine.has_work

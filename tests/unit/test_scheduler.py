@@ -180,3 +180,36 @@ def test_sequence_tokens_span_prompt_and_output():
     assert s.tokens(3, 2) == [3, 10]
     assert s.tokens(5, 2) == [11, 12]
     assert s.tokens(6, 1) == [12]
+
+
+def test_a_prefix_is_reused_only_under_the_same_lora_adapter():
+    sched = Scheduler(max_running=1, max_waiting=8, token_budget=64, kv_capacity=1000)
+    a = seq("a", 6)
+    a.adapter = "pirate"
+    sched.add(a)
+    decode_one(sched, sched.schedule())
+    sched.remove(a)  # the slot holds KV computed with the pirate adapter
+    base = seq("b", 6)
+    sched.add(base)
+    batch = sched.schedule()
+    assert [(c.start, c.length) for c in batch.chunks] == [(0, 6)]  # recomputed: other weights, other KV
+    decode_one(sched, batch)
+    sched.remove(base)
+    again = seq("c", 6)
+    again.adapter = None
+    sched.add(again)
+    assert [(c.start, c.length) for c in sched.schedule().chunks] == [(5, 1)]  # same adapter (none): reused
+
+
+def test_drop_caches_forgets_an_unloaded_adapters_kv():
+    sched = Scheduler(max_running=1, max_waiting=8, token_budget=64, kv_capacity=1000)
+    a = seq("a", 6)
+    a.adapter = "pirate"
+    sched.add(a)
+    decode_one(sched, sched.schedule())
+    sched.remove(a)
+    sched.drop_caches("pirate")  # a new adapter may take the name: its KV would differ
+    b = seq("b", 6)
+    b.adapter = "pirate"
+    sched.add(b)
+    assert [(c.start, c.length) for c in sched.schedule().chunks] == [(0, 6)]

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from slmserve.engine.engine import Engine, RequestOutput
+from slmserve.engine.engine import Engine, RequestOutput, UnknownAdapterError
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import QueueFullError
 
@@ -193,7 +193,7 @@ class AsyncEngine:
         self._applied += 1
         try:
             self.engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, cmd.adapter)
-        except (QueueFullError, ValueError) as exc:
+        except (QueueFullError, ValueError, UnknownAdapterError) as exc:
             cmd.sink(exc)
             return
         self._sinks[cmd.request_id] = cmd.sink

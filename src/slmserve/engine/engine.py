@@ -13,6 +13,10 @@ from slmserve.engine.scheduler import Batch, Scheduler
 from slmserve.engine.sequence import Sequence
 
 
+class UnknownAdapterError(LookupError):
+    """A request names a LoRA adapter the runner does not hold (unloaded after the request was checked)."""
+
+
 class Tokenizer(Protocol):
     eog_token_ids: frozenset[int]
 
@@ -68,6 +72,8 @@ class Engine:
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None
     ) -> None:
         """Queue a request. Raises QueueFullError when the waiting queue is at its limit."""
+        if adapter is not None and adapter not in getattr(self.runner, "adapters", {}):
+            raise UnknownAdapterError(f"The model '{adapter}' does not exist: its LoRA adapter was unloaded")
         if request_id in self.requests:
             raise ValueError(f"duplicate request id {request_id!r}")
         seq = Sequence(

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmserve.engine.async_engine import EngineDeadError, EngineStepError
+from slmserve.engine.engine import UnknownAdapterError
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import content_filter
 
@@ -139,6 +140,10 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(EngineDeadError)
     async def _dead(request: Request, exc: EngineDeadError) -> JSONResponse:
         return respond(request, APIError(503, str(exc), code="engine_dead"))
+
+    @app.exception_handler(UnknownAdapterError)
+    async def _adapter(request: Request, exc: UnknownAdapterError) -> JSONResponse:
+        return respond(request, APIError(404, str(exc), param="model", code="model_not_found"))
 
     @app.exception_handler(EngineStepError)
     async def _step(request: Request, exc: EngineStepError) -> JSONResponse:
