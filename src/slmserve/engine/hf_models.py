@@ -95,7 +95,8 @@ def load(settings: Settings, source: ModelSource) -> LoadedModel:
     slot_len = min(-(-settings.ctx_size // settings.max_running), trained)
     max_model_len = min(slot_len, settings.max_model_len or slot_len)
     eos = model.generation_config.eos_token_id
-    hf_tok = HFTokenizer(tokenizer, eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    hf_tok = HFTokenizer(tokenizer, eos_ids, vocab_size=model.get_output_embeddings().out_features)
     runner = TorchRunner(model, hf_tok, n_slots=settings.max_running, slot_len=slot_len, device=str(device))
     for spec in settings.lora:
         name, sep, path = spec.partition("=")

@@ -1,9 +1,9 @@
 """The PyTorch backend: a Hugging Face causal LM, a KV cache of fixed slots, one forward pass per engine step.
 
 The model classes are transformers' own; we register one attention function with transformers'
-AttentionInterface, and it keeps every layer's keys and values in our cache. A step's chunks go in as one
-flattened sequence [1, T]: each token carries its slot and position, so decoding sequences and prefill chunks
-share every matmul, and only attention is computed per sequence.
+AttentionInterface, and it keeps every layer's keys and values in our cache. A step's chunks go in as T one-token
+rows, [T, 1]: each token carries its slot and position, so decoding sequences and prefill chunks share every
+matmul, and only attention is computed per sequence.
 """
 
 from __future__ import annotations
@@ -125,17 +125,20 @@ class HFTokenizer:
     never appear in generated text, as with llama.cpp.
     """
 
-    def __init__(self, tokenizer, eos_token_ids: Iterable[int] = ()) -> None:
+    def __init__(self, tokenizer, eos_token_ids: Iterable[int] = (), vocab_size: int | None = None) -> None:
         self.hf = tokenizer
-        self.vocab_size = len(tokenizer)
+        # The model's output may be wider than the vocabulary (padded embeddings): those ids decode to nothing.
+        self.vocab_size = max(len(tokenizer), vocab_size or 0)
         self.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else -1
         self.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1
         self.eog_token_ids = frozenset(t for t in (self.eos_token_id, *eos_token_ids) if t >= 0)
         special = set(tokenizer.all_special_ids) | {
             i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special
         }
-        pieces = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
-        byte_level = '"ByteLevel"' in tokenizer.backend_tokenizer.decoder.__getstate__().decode()
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        pieces += [None] * (self.vocab_size - len(pieces))
+        decoder = tokenizer.backend_tokenizer.decoder
+        byte_level = decoder is not None and '"ByteLevel"' in decoder.__getstate__().decode()
         to_bytes = self._byte_level if byte_level else self._sentencepiece
         self._pieces = [b"" if i in special or p is None else to_bytes(p) for i, p in enumerate(pieces)]
 
@@ -155,7 +158,8 @@ class HFTokenizer:
             return piece.encode("utf-8")
 
     def token_text(self, token: int) -> str:
-        return self.hf.convert_ids_to_tokens(token) or ""
+        """A token's text with special tokens spelled out."""
+        return self.hf.decode([token]) if token < len(self.hf) else ""
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
         return self.hf(text, add_special_tokens=add_special)["input_ids"]
