@@ -182,34 +182,26 @@ def test_sequence_tokens_span_prompt_and_output():
     assert s.tokens(6, 1) == [12]
 
 
+def run_once(sched: Scheduler, rid: str, adapter: str | None) -> list[tuple[int, int]]:
+    """Admit a 6-token prompt under `adapter`, decode one token, free it; the (start, length) it was fed."""
+    s = seq(rid, 6)
+    s.adapter = adapter
+    sched.add(s)
+    batch = sched.schedule()
+    decode_one(sched, batch)
+    sched.remove(s)  # its slot keeps the KV, computed with this adapter
+    return [(c.start, c.length) for c in batch.chunks]
+
+
 def test_a_prefix_is_reused_only_under_the_same_lora_adapter():
     sched = Scheduler(max_running=1, max_waiting=8, token_budget=64, kv_capacity=1000)
-    a = seq("a", 6)
-    a.adapter = "pirate"
-    sched.add(a)
-    decode_one(sched, sched.schedule())
-    sched.remove(a)  # the slot holds KV computed with the pirate adapter
-    base = seq("b", 6)
-    sched.add(base)
-    batch = sched.schedule()
-    assert [(c.start, c.length) for c in batch.chunks] == [(0, 6)]  # recomputed: other weights, other KV
-    decode_one(sched, batch)
-    sched.remove(base)
-    again = seq("c", 6)
-    again.adapter = None
-    sched.add(again)
-    assert [(c.start, c.length) for c in sched.schedule().chunks] == [(5, 1)]  # same adapter (none): reused
+    assert run_once(sched, "a", "pirate") == [(0, 6)]
+    assert run_once(sched, "b", None) == [(0, 6)]  # recomputed: other weights, other KV
+    assert run_once(sched, "c", None) == [(5, 1)]  # the same adapter (none): reused
 
 
 def test_drop_caches_forgets_an_unloaded_adapters_kv():
     sched = Scheduler(max_running=1, max_waiting=8, token_budget=64, kv_capacity=1000)
-    a = seq("a", 6)
-    a.adapter = "pirate"
-    sched.add(a)
-    decode_one(sched, sched.schedule())
-    sched.remove(a)
+    run_once(sched, "a", "pirate")
     sched.drop_caches("pirate")  # a new adapter may take the name: its KV would differ
-    b = seq("b", 6)
-    b.adapter = "pirate"
-    sched.add(b)
-    assert [(c.start, c.length) for c in sched.schedule().chunks] == [(0, 6)]
+    assert run_once(sched, "b", "pirate") == [(0, 6)]
