@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from slmserve.engine.hf_models import converted_gguf, pick_device
+from slmserve.engine.hf_models import model_location, pick_device
 from slmserve.models.registry import resolve_model
 from slmserve.settings import Settings
 
@@ -114,10 +114,7 @@ def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
 
 def base_model_path(model: str, cache_dir: str) -> str:
     """What transformers can load for this model: a HF directory or hub id; a GGUF is converted (cached)."""
-    source = resolve_model(model)
-    if source.format == "gguf":
-        return str(converted_gguf(source.path, Path(cache_dir).expanduser()))
-    return str(source.path) if source.path is not None else source.hub_id
+    return model_location(resolve_model(model), cache_dir)
 
 
 def plot_losses(log_history: list[dict], path: Path) -> None:
