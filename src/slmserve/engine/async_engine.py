@@ -32,12 +32,28 @@ class EngineStepError(RuntimeError):
 
 
 @dataclass
+class _Sink:
+    """Where one request's outputs go: its asyncio queue, filled on the event loop's thread."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+    def __call__(self, item: RequestOutput | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for q, item in items:
+        q.put_nowait(item)
+
+
+@dataclass
 class _Add:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     adapter: str | None
-    sink: Callable[[RequestOutput | BaseException], None]
+    sink: _Sink
 
 
 @dataclass
@@ -57,7 +73,7 @@ class AsyncEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._commands: queue.SimpleQueue[_Add | _Abort | _Call | None] = queue.SimpleQueue()
-        self._sinks: dict[str, Callable[[RequestOutput | BaseException], None]] = {}
+        self._sinks: dict[str, _Sink] = {}
         # Each counter has one writer thread, so no lock is needed; their difference is the adds in flight.
         self._submitted = 0  # written by the event loop
         self._applied = 0  # written by the engine thread
@@ -111,11 +127,8 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
-        def sink(item: RequestOutput | BaseException) -> None:
-            loop.call_soon_threadsafe(outputs.put_nowait, item)
-
         self._submitted += 1
-        self._commands.put(_Add(request_id, prompt_token_ids, params, adapter, sink))
+        self._commands.put(_Add(request_id, prompt_token_ids, params, adapter, _Sink(loop, outputs)))
         finished = False
         try:
             while not finished:
@@ -199,7 +212,11 @@ class AsyncEngine:
         self._sinks[cmd.request_id] = cmd.sink
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to the event loop in one callback: one wake-up a step, not one a request."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
         for out in outputs:
             sink = self._sinks.pop(out.request_id) if out.finished else self._sinks.get(out.request_id)
             if sink is not None:
-                sink(out)
+                batches.setdefault(sink.loop, []).append((sink.queue, out))
+        for loop, items in batches.items():
+            loop.call_soon_threadsafe(_deliver, items)
