@@ -8,10 +8,9 @@ matmul, and only attention is computed per sequence.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,8 +19,6 @@ from transformers import AttentionInterface
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from slmserve.engine.scheduler import Batch, Copy
-
-log = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATION = "slmserve_slots"
 
@@ -40,11 +37,14 @@ class StepLayout:
     cache: SlotCache
     slots: torch.Tensor  # [T] slot of each token
     positions: torch.Tensor  # [T]
-    decode_rows: torch.Tensor | None  # [B] rows of one-token chunks, in slot order
-    decode_slots: slice  # the slot range that holds them
-    decode_index: torch.Tensor | None  # [B] each decode row's slot, from decode_slots.start
-    decode_mask: torch.Tensor | None  # [S, 1, 1, L] 0 where a slot may see a key position, -inf elsewhere
     prefills: list[_Prefill]
+    # Set when the step decodes: the rows of its one-token chunks (in slot order), the slot range that holds
+    # them, each row's slot counted from that range's start, and a [S, 1, 1, L] mask, 0 where a slot may see a
+    # key position and -inf elsewhere.
+    decode_rows: torch.Tensor | None = None
+    decode_slots: slice = field(default_factory=lambda: slice(0, 0))
+    decode_index: torch.Tensor | None = None
+    decode_mask: torch.Tensor | None = None
 
 
 class SlotCache:
@@ -54,7 +54,6 @@ class SlotCache:
         shape = (n_slots, kv_heads, slot_len, head_dim)
         self.k = [torch.zeros(shape, **kw) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, **kw) for _ in range(n_layers)]
-        self.slot_len = slot_len
 
     def copy(self, src: int, dst: int, n: int) -> None:
         for layer in (*self.k, *self.v):
@@ -204,7 +203,6 @@ class TorchRunner:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.slot_len = slot_len
         config = model.config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -308,9 +306,7 @@ class TorchRunner:
                 prefills.append(_Prefill(slice(row, row + chunk.length), slot, chunk.start))
             if chunk.needs_logits:
                 keep.append(len(tokens) - 1)
-        layout = StepLayout(
-            self.cache, self._tensor(slots), self._tensor(positions), None, slice(0, 0), None, None, prefills
-        )
+        layout = StepLayout(self.cache, self._tensor(slots), self._tensor(positions), prefills)
         if decode_rows:
             lo, hi = min(decode_slots), max(decode_slots) + 1
             lens = torch.zeros(hi - lo, dtype=torch.long)
