@@ -8,6 +8,10 @@ lent GPU machine, where the real weights cannot travel; speed does not depend on
     python scripts/bench_engine.py --engine torch --device cpu --concurrency 1,8,32,64 --json out.json
     python scripts/bench_engine.py --model DIR --random-weights --device cuda --concurrency 1,32,128
     python scripts/bench_engine.py --device cpu --concurrency 32 --lora-mix 2   # the cost of LoRA adapters
+    python scripts/bench_engine.py --device cuda --concurrency 1,32 --peer generate
+
+--peer generate also runs transformers' own `generate` at each level, in the same process on the same device and
+dtype: the same prompts as one static batch, left-padded, greedy, exactly --max-tokens new tokens each.
 
 --lora-mix K adds K random rank-8 adapters (all linear layers, as `slmserve finetune` makes them) and runs each
 level three ways: every request on the base model, every request on one adapter, and requests spread round-robin
@@ -65,11 +69,44 @@ def random_adapters(model_name: str, k: int) -> dict[str, str]:
     return out
 
 
+def bench_prompts(model, n: int) -> dict[str, list[int]]:
+    def enc(text: str) -> list[int]:
+        return model.tokenizer.encode(model.chat_template.render([{"role": "user", "content": text}]), False)
+
+    return {f"r{i}": enc(f"Tell me a story about a cat. (#{i})") for i in range(n)}
+
+
+def run_generate(hf_model, prompts: dict[str, list[int]], max_tokens: int, pad_id: int) -> dict:
+    """transformers' generate on the prompts as one static batch (left-padded): the peer the engine must beat."""
+    import torch
+
+    rows = list(prompts.values())
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=hf_model.device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=hf_model.device)
+    kwargs = dict(do_sample=False, pad_token_id=pad_id, eos_token_id=None)
+    with torch.inference_mode():
+        hf_model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=8, **kwargs)  # warm-up
+        sync(hf_model.device)
+        start = time.perf_counter()
+        out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
+                                min_new_tokens=max_tokens, **kwargs)  # fmt: skip
+        sync(hf_model.device)
+        seconds = time.perf_counter() - start
+    tokens = (out.shape[1] - width) * len(rows)
+    return {"concurrency": len(rows), "adapters": ["generate"], "tokens": tokens, "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1)}  # fmt: skip
+
+
+def sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def run_level(model, n: int, max_tokens: int, adapters: list[str | None] = (None,)) -> dict:
-    enc = lambda text: model.tokenizer.encode(  # noqa: E731
-        model.chat_template.render([{"role": "user", "content": text}]), add_special=False
-    )
-    prompts = {f"r{i}": enc(f"Tell me a story about a cat. (#{i})") for i in range(n)}
+    prompts = bench_prompts(model, n)
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     model.engine.generate({"warm": prompts["r0"]}, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
     which = {key: adapters[i % len(adapters)] for i, key in enumerate(prompts)}
@@ -86,6 +123,20 @@ def run_level(model, n: int, max_tokens: int, adapters: list[str | None] = (None
     }
 
 
+def peer_generate(model, model_path: str, levels: list[int], max_tokens: int) -> list[dict]:
+    from transformers import AutoModelForCausalLM
+
+    from slmserve.finetune import base_model_path
+
+    dtype = model.runner.model.dtype
+    hf_model = AutoModelForCausalLM.from_pretrained(base_model_path(model_path, Settings().cache_dir), dtype=dtype)
+    hf_model = hf_model.to(model.device).eval()
+    pad_id = hf_model.config.pad_token_id or hf_model.config.eos_token_id or 0
+    if isinstance(pad_id, list):
+        pad_id = pad_id[0]
+    return [run_generate(hf_model, bench_prompts(model, n), max_tokens, pad_id) for n in levels]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -96,6 +147,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--random-weights", action="store_true", help="random weights from --model's config")
     parser.add_argument("--lora-mix", type=int, default=0, help="K random adapters: base, one, mixed runs")
+    parser.add_argument("--peer", choices=["generate"], default=None, help="also time transformers' generate")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -108,10 +160,12 @@ def main() -> None:
     model = load_model(settings)
     mixes: list[list[str | None]] = [[None]]
     if args.lora_mix:
-        for name, path in random_adapters(args.model, args.lora_mix).items():
+        for name, path in random_adapters(model_path, args.lora_mix).items():
             model.runner.load_adapter(name, path)
         mixes += [["a0"], [None, *model.runner.adapters]]
     results = [run_level(model, n, args.max_tokens, mix) for n in levels for mix in mixes]
+    if args.peer == "generate":
+        results += peer_generate(model, model_path, levels, args.max_tokens)
     report = {
         "engine": args.engine,
         "model": args.model + (" (random weights)" if args.random_weights else ""),
