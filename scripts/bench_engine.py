@@ -12,6 +12,9 @@ lent GPU machine, where the real weights cannot travel; speed does not depend on
 
 --peer generate also runs transformers' own `generate` at each level, in the same process on the same device and
 dtype: the same prompts as one static batch, left-padded, greedy, exactly --max-tokens new tokens each.
+--peer matmul times the model's matrices alone: every linear layer and the LM head as plain `x @ W.T` on N rows,
+N tokens a round. That is the ceiling a step of N tokens would reach with no attention, norms or Python; these
+shared machines vary by 10% from hour to hour, so compare the engine with it, measured minutes apart.
 
 --lora-mix K adds K random rank-8 adapters (all linear layers, as `slmserve finetune` makes them) and runs each
 level three ways: every request on the base model, every request on one adapter, and requests spread round-robin
@@ -123,6 +126,28 @@ def run_level(model, n: int, max_tokens: int, adapters: list[str | None] = (None
     }
 
 
+def peer_matmul(model, levels: list[int], rounds: int = 20) -> list[dict]:
+    import torch
+
+    weights = [m.weight for m in model.runner.model.modules() if isinstance(m, torch.nn.Linear)]
+    results = []
+    with torch.inference_mode():
+        for n in levels:
+            xs = {w.shape[1]: torch.randn(n, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
+            for w in weights:  # warm-up
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+            sync(model.device)
+            start = time.perf_counter()
+            for _ in range(rounds):
+                for w in weights:
+                    torch.nn.functional.linear(xs[w.shape[1]], w)
+            sync(model.device)
+            seconds = time.perf_counter() - start
+            results.append({"concurrency": n, "adapters": ["matmul only"], "tokens": n * rounds,
+                            "seconds": round(seconds, 3), "tokens_per_s": round(n * rounds / seconds, 1)})  # fmt: skip
+    return results
+
+
 def peer_generate(model, model_path: str, levels: list[int], max_tokens: int) -> list[dict]:
     from transformers import AutoModelForCausalLM
 
@@ -147,10 +172,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--random-weights", action="store_true", help="random weights from --model's config")
     parser.add_argument("--lora-mix", type=int, default=0, help="K random adapters: base, one, mixed runs")
-    parser.add_argument("--peer", choices=["generate"], default=None, help="also time transformers' generate")
+    parser.add_argument("--peer", default="", help="comma-separated: generate, matmul (see above)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    peers = set(filter(None, args.peer.split(",")))
+    if peers - {"generate", "matmul"}:
+        parser.error(f"unknown --peer {args.peer!r}: generate, matmul")
     model_path = random_model(args.model) if args.random_weights else args.model
     slots = max(levels)
     settings = Settings(
@@ -164,7 +192,9 @@ def main() -> None:
             model.runner.load_adapter(name, path)
         mixes += [["a0"], [None, *model.runner.adapters]]
     results = [run_level(model, n, args.max_tokens, mix) for n in levels for mix in mixes]
-    if args.peer == "generate":
+    if "matmul" in peers:
+        results += peer_matmul(model, levels)
+    if "generate" in peers:
         results += peer_generate(model, model_path, levels, args.max_tokens)
     report = {
         "engine": args.engine,
