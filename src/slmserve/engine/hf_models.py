@@ -85,10 +85,10 @@ def load(settings: Settings, source: ModelSource) -> LoadedModel:
     """Load a model for the torch engine, on a thread of its own that ends when the load does.
 
     Each thread that runs a parallel torch op keeps an OpenMP team of worker threads for as long as it lives.
-    Once libgomp counts more such threads than cores, it stops spinning between parallel regions, and every
-    op pays for waking its workers. Loading on the caller's thread (the server's main thread or an executor
-    thread, both long-lived) left one such team beside the engine thread's: 137 vs 120 ms a step at 32
-    sequences on 2 cores.
+    Loading on the caller's thread (the server's main thread or an executor thread, both long-lived) left one
+    such team beside the engine thread's, and a step at 32 sequences on 2 cores took 128-137 ms instead of
+    117-121. Likely why, as libgomp documents: with more OpenMP threads than cores it spins only briefly
+    between parallel regions, so each parallel op waits for its worker to wake.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="slmserve-load") as pool:
         return pool.submit(_load, settings, source).result()
