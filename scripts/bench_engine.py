@@ -35,13 +35,14 @@ from slmserve.engine.sampling import SamplingParams
 from slmserve.settings import Settings
 
 
-def random_model(config_dir: str) -> str:
+def random_model(config_dir: str, config=None) -> str:
+    """A model directory with random weights (seed 0): config_dir's config, or `config`, and its tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
     out = tempfile.mkdtemp(prefix="slmserve-random-")
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir)).save_pretrained(out)
+    AutoModelForCausalLM.from_config(config or AutoConfig.from_pretrained(config_dir)).save_pretrained(out)
     AutoTokenizer.from_pretrained(config_dir).save_pretrained(out)
     return out
 
@@ -72,11 +73,13 @@ def random_adapters(model_name: str, k: int) -> dict[str, str]:
     return out
 
 
-def bench_prompts(model, n: int) -> dict[str, list[int]]:
-    def enc(text: str) -> list[int]:
-        return model.tokenizer.encode(model.chat_template.render([{"role": "user", "content": text}]), False)
+def chat_ids(model, text: str) -> list[int]:
+    """The prompt tokens of one user message, rendered with the model's chat template."""
+    return model.tokenizer.encode(model.chat_template.render([{"role": "user", "content": text}]), False)
 
-    return {f"r{i}": enc(f"Tell me a story about a cat. (#{i})") for i in range(n)}
+
+def bench_prompts(model, n: int) -> dict[str, list[int]]:
+    return {f"r{i}": chat_ids(model, f"Tell me a story about a cat. (#{i})") for i in range(n)}
 
 
 def run_generate(hf_model, prompts: dict[str, list[int]], max_tokens: int, pad_id: int) -> dict:

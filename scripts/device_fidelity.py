@@ -12,9 +12,9 @@ first token that differs.
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import torch
+from bench_engine import chat_ids, random_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from slmserve.engine.loader import load_model
@@ -25,16 +25,12 @@ QUESTIONS = ["What is the capital of France?", "Write a poem about rain.", "List
 
 
 def tiny_llama(tokenizer_dir: str) -> str:
-    torch.manual_seed(0)
-    out = tempfile.mkdtemp(prefix="slmserve-tiny-")
     config = LlamaConfig(
         vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)), hidden_size=64, intermediate_size=128,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         initializer_range=0.2, bos_token_id=1, eos_token_id=2,
     )  # fmt: skip
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
-    return out
+    return random_model(tokenizer_dir, config)
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -53,11 +49,7 @@ def main() -> None:
     path = tiny_llama(args.tokenizer)
     for dtype in args.dtypes.split(","):
         model = load_model(Settings(model=path, engine="torch", device=args.device, dtype=dtype, max_running=8))
-        render = model.chat_template.render
-        prompts = {
-            f"q{i}": model.tokenizer.encode(render([{"role": "user", "content": q}]), False)
-            for i, q in enumerate(QUESTIONS)
-        }
+        prompts = {f"q{i}": chat_ids(model, q) for i, q in enumerate(QUESTIONS)}
         ours = model.engine.generate(prompts, SamplingParams(max_tokens=args.max_tokens, temperature=0))
         model.close()
         reference = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(args.device).eval()
