@@ -71,3 +71,27 @@ def test_bad_lora_flags_are_refused_with_a_message(tiny_llama, tmp_path):
         load_model(torch_settings(tiny_llama, lora=["no-equals-sign"]))
     with pytest.raises(ValueError, match="cannot load the LoRA adapter"):
         load_model(torch_settings(tiny_llama, lora=[f"x={tmp_path}"]))
+
+
+def test_base_steps_keep_the_fused_products_while_adapters_are_loaded(tiny_llama, adapters):
+    """The lean forward's fused matrices hold the base weights: steps with no adapter use them, steps with one call
+    the LoRA-wrapped modules; both give what transformers and peft give."""
+    model = load_model(torch_settings(tiny_llama, max_running=2, lora=[f"red={adapters['red']}"]))
+    lean, calls = model.runner._llama, []
+
+    def spy(input_ids, step, fused: bool):
+        calls.append(fused)
+        return lean(input_ids, step, fused=fused)
+
+    model.runner._llama = spy
+    ids = model.tokenizer.encode("Once upon a time", add_special=False)
+    params = SamplingParams(max_tokens=8, temperature=0)
+    base = model.engine.generate({"a": ids}, params)["a"]
+    base_calls = calls.copy()
+    calls.clear()
+    red = model.engine.generate({"b": ids}, params, {"b": "red"})["b"]
+    model.close()
+    assert base_calls and all(base_calls)
+    assert calls and not any(calls)
+    assert base == peft_greedy(tiny_llama, None, ids, 8)
+    assert red == peft_greedy(tiny_llama, adapters["red"], ids, 8)

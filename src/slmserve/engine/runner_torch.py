@@ -1,117 +1,24 @@
 """The PyTorch backend: a Hugging Face causal LM, a KV cache of fixed slots, one forward pass per engine step.
 
-The model classes are transformers' own; we register one attention function with transformers'
-AttentionInterface, and it keeps every layer's keys and values in our cache. A step's chunks go in as T one-token
-rows, [T, 1]: each token carries its slot and position, so decoding sequences and prefill chunks share every
-matmul, and only attention is computed per sequence.
+The model classes and weights are transformers' own. Llama models run a lean forward over those modules
+(llama_forward.py); others run their own forward, with an attention function (slot_cache.py) that keeps every
+layer's keys and values in our cache. Either way a step's chunks go in as T rows of one token each: each token
+carries its slot and position, so decoding sequences and prefill chunks share every matmul, and only attention
+is computed per sequence.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers import AttentionInterface
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from slmserve.engine.llama_forward import LlamaForward, linear
 from slmserve.engine.scheduler import Batch, Copy
-
-ATTN_IMPLEMENTATION = "slmserve_slots"
-
-
-@dataclass
-class _Prefill:
-    rows: slice  # this chunk's tokens in the flattened step
-    slot: int
-    start: int  # position of its first token
-
-
-@dataclass
-class StepLayout:
-    """Where each token of a step lives in the KV cache, and how attention groups them."""
-
-    cache: SlotCache
-    slots: torch.Tensor  # [T] slot of each token
-    positions: torch.Tensor  # [T]
-    prefills: list[_Prefill]
-    # Set when the step decodes: the rows of its one-token chunks (in slot order), the slot range that holds
-    # them, each row's slot counted from that range's start, and a [S, 1, 1, L] mask, 0 where a slot may see a
-    # key position and -inf elsewhere.
-    decode_rows: torch.Tensor | None = None
-    decode_slots: slice = field(default_factory=lambda: slice(0, 0))
-    decode_index: torch.Tensor | None = None
-    decode_mask: torch.Tensor | None = None
-
-
-class SlotCache:
-    """Keys and values of every layer: [slots, kv_heads, slot_len, head_dim] each."""
-
-    def __init__(self, n_layers: int, n_slots: int, kv_heads: int, slot_len: int, head_dim: int, **kw) -> None:
-        shape = (n_slots, kv_heads, slot_len, head_dim)
-        self.k = [torch.zeros(shape, **kw) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, **kw) for _ in range(n_layers)]
-
-    def copy(self, src: int, dst: int, n: int) -> None:
-        for layer in (*self.k, *self.v):
-            layer[dst, :, :n] = layer[src, :, :n]
-
-
-def slot_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,  # [T, H, 1, D]: the step's tokens lie on the batch axis
-    key: torch.Tensor,  # [T, KV, 1, D]
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    slmserve_step: StepLayout | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """Write this step's keys/values into the slots, then attend each token to its own slot's history."""
-    step = slmserve_step
-    if step is None:  # called outside our runner, e.g. by a training loop on the same model
-        raise RuntimeError(f"attention {ATTN_IMPLEMENTATION!r} needs the runner's step layout")
-    layer = module.layer_idx
-    k_cache, v_cache = step.cache.k[layer], step.cache.v[layer]
-    k_cache[step.slots, :, step.positions] = key[:, :, 0]  # [T, KV, D]
-    v_cache[step.slots, :, step.positions] = value[:, :, 0]
-    query = query.transpose(0, 2)  # [1, H, T, D]
-    n_kv = key.shape[1]
-    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    n_heads = query.shape[1]
-    group = n_heads // n_kv
-    out = torch.empty(query.shape[2], n_heads, query.shape[3], dtype=query.dtype, device=query.device)  # [T, H, D]
-    if step.decode_rows is not None:
-        # One query per sequence: fold the query heads of a KV head into the query-length axis, [S, KV, G, D],
-        # and attend over the slot range in one call, masked to each slot's own length.
-        s = step.decode_slots
-        length = step.decode_mask.shape[-1]
-        q = query.new_zeros(s.stop - s.start, n_kv, group, query.shape[3])
-        q[step.decode_index] = query[0, :, step.decode_rows].transpose(0, 1).reshape(-1, n_kv, group, query.shape[3])
-        # Plain matmuls: with a query length of 3 or so they beat CPU SDPA by about a third (measured, L 60-300).
-        scores = torch.matmul(q, k_cache[s, :, :length].transpose(-1, -2)).mul_(scaling).add_(step.decode_mask)
-        o = torch.matmul(scores.softmax(-1), v_cache[s, :, :length])
-        out[step.decode_rows] = o[step.decode_index].reshape(-1, n_heads, query.shape[3])
-    for p in step.prefills:
-        end = p.start + (p.rows.stop - p.rows.start)
-        q = query[:, :, p.rows]  # [1, H, n, D]
-        k = k_cache[p.slot : p.slot + 1, :, :end].repeat_interleave(group, dim=1)
-        v = v_cache[p.slot : p.slot + 1, :, :end].repeat_interleave(group, dim=1)
-        if p.start == 0:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
-        else:
-            mask = torch.ones(end - p.start, end, dtype=torch.bool, device=q.device).tril(p.start)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
-        out[p.rows] = o[0].transpose(0, 1)
-    return out.unsqueeze(1), None
-
-
-AttentionInterface.register(ATTN_IMPLEMENTATION, slot_attention)
-
+from slmserve.engine.slot_cache import ATTN_IMPLEMENTATION, SlotCache, StepLayout
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -171,21 +78,11 @@ class HFTokenizer:
 
 
 class _WideLinear(torch.nn.Linear):
-    """nn.Linear computing (W @ x.T).T when x has 16 rows or more.
-
-    MKL picks a faster kernel for that orientation on these CPUs: at 32 rows, 20-30% less time for every matrix
-    of SmolLM2 (the 49152-row LM head: 24 ms -> 17 ms); at 8 rows or fewer it is a little slower, so those keep
-    F.linear. Swapped in by class, so peft's LoRA wrappers still see an nn.Linear as their base layer.
-    """
+    """nn.Linear through `linear`, MKL's faster orientation at 16 rows or more. Swapped in by class, so peft's
+    LoRA wrappers still see an nn.Linear as their base layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows < 16 or x.device.type != "cpu":
-            return super().forward(x)
-        y = torch.mm(self.weight, x.reshape(rows, -1).t()).t()
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], -1)
+        return linear(x, self.weight, self.bias)
 
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -210,11 +107,11 @@ class TorchRunner:
             config.num_hidden_layers, n_slots, kv_heads, slot_len, head_dim, dtype=model.dtype, device=self.device
         )
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        if self.device.type == "cpu" and model.dtype == torch.float32:
-            for module in model.modules():
-                if type(module) is torch.nn.Linear:
-                    module.__class__ = _WideLinear
+        for module in model.modules():
+            if type(module) is torch.nn.Linear:
+                module.__class__ = _WideLinear
         self._decoder = model.base_model  # the transformer without its LM head
+        self._llama = LlamaForward(self._decoder) if LlamaForward.supports(self._decoder) else None
         self._head = model.get_output_embeddings()
         self._softcap = getattr(config, "final_logit_softcapping", None)
         self.vocab_size = self._head.out_features
@@ -290,44 +187,28 @@ class TorchRunner:
             # A Trim needs nothing: a slot's cells past its length are never read and get overwritten.
         if not batch.chunks:
             return np.empty((0, self.vocab_size), dtype=np.float32)
-        tokens, slots, positions, keep, adapters = [], [], [], [], []
-        decode_rows, decode_slots, decode_lens, prefills = [], [], [], []
+        tokens, keep, adapters = [], [], []
         for chunk in batch.chunks:
-            row, slot = len(tokens), chunk.seq.slot
             tokens.extend(chunk.seq.tokens(chunk.start, chunk.length))
-            slots.extend([slot] * chunk.length)
-            positions.extend(range(chunk.start, chunk.start + chunk.length))
             adapters.extend([chunk.seq.adapter or BASE] * chunk.length)
-            if chunk.length == 1 and chunk.start > 0:
-                decode_rows.append(row)
-                decode_slots.append(slot)
-                decode_lens.append(chunk.start + 1)
-            else:
-                prefills.append(_Prefill(slice(row, row + chunk.length), slot, chunk.start))
             if chunk.needs_logits:
                 keep.append(len(tokens) - 1)
-        layout = StepLayout(self.cache, self._tensor(slots), self._tensor(positions), prefills)
-        if decode_rows:
-            lo, hi = min(decode_slots), max(decode_slots) + 1
-            lens = torch.zeros(hi - lo, dtype=torch.long)
-            lens[torch.tensor(decode_slots) - lo] = torch.tensor(decode_lens)
-            visible = torch.arange(max(decode_lens)) < lens[:, None]  # [S, L]
-            mask = torch.zeros(visible.shape, dtype=self.model.dtype).masked_fill_(~visible, float("-inf"))
-            layout.decode_rows = self._tensor(decode_rows)
-            layout.decode_slots = slice(lo, hi)
-            layout.decode_index = self._tensor([s - lo for s in decode_slots])
-            layout.decode_mask = mask[:, None, None, :].to(self.device)
+        layout = StepLayout.of(self.cache, batch.chunks, self.device, self.model.dtype)
         self._step_adapters = self._set_lora_mode(adapters) if self.peft is not None else None
         try:
-            hidden = self._decoder(
-                input_ids=self._tensor(tokens)[:, None],
-                position_ids=layout.positions[:, None],
-                use_cache=False,
-                slmserve_step=layout,
-            ).last_hidden_state
+            if self._llama is not None:  # its fused products hold the base weights: usable while LoRA is off
+                fused = self.peft is None or self._lora_mode == "off"
+                hidden = self._llama(self._tensor(tokens), layout, fused=fused)
+            else:
+                hidden = self._decoder(
+                    input_ids=self._tensor(tokens)[:, None],
+                    position_ids=layout.positions[:, None],
+                    use_cache=False,
+                    slmserve_step=layout,
+                ).last_hidden_state[:, 0]
             if self._step_adapters is not None:  # a LoRA on the LM head sees the kept rows only
                 self._step_adapters = [adapters[i] for i in keep]
-            logits = self._head(hidden[self._tensor(keep), 0])
+            logits = self._head(hidden[self._tensor(keep)])
         finally:
             self._step_adapters = None
         if self._softcap:
@@ -339,4 +220,4 @@ class TorchRunner:
 
     def close(self) -> None:
         self.cache = None
-        self.model = self.peft = self._decoder = self._head = None
+        self.model = self.peft = self._decoder = self._llama = self._head = None
