@@ -213,7 +213,9 @@ class TorchRunner:
             self._step_adapters = None
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits.float().cpu().numpy()
+        # Row-major for the sampler, which scans one row at a time: `linear` leaves the rows strided, and argmax
+        # over 32 strided rows took 3.6 ms against 1.5 for this copy and 0.2 for the scans.
+        return logits.float().contiguous().cpu().numpy()
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
