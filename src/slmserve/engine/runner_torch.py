@@ -78,8 +78,8 @@ class HFTokenizer:
 
 
 class _WideLinear(torch.nn.Linear):
-    """nn.Linear through `linear`, MKL's faster orientation at 16 rows or more. Swapped in by class, so peft's
-    LoRA wrappers still see an nn.Linear as their base layer."""
+    """nn.Linear through `linear` (MKL's faster form on the CPU). Swapped in by class, so peft's LoRA wrappers
+    still see an nn.Linear as their base layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
