@@ -13,8 +13,9 @@ lent GPU machine, where the real weights cannot travel; speed does not depend on
 --peer generate also runs transformers' own `generate` at each level, in the same process on the same device and
 dtype: the same prompts as one static batch, left-padded, greedy, exactly --max-tokens new tokens each.
 --peer matmul times the model's matrices alone: every linear layer and the LM head as plain `x @ W.T` on N rows,
-N tokens a round. That is the ceiling a step of N tokens would reach with no attention, norms or Python; these
-shared machines vary by 10% from hour to hour, so compare the engine with it, measured minutes apart.
+N tokens a round: what plain PyTorch products cost with no attention, norms or Python. It is not the engine's
+ceiling, whose `linear` (llama_forward.py) multiplies in MKL's faster form; these shared machines vary by 10%
+from minute to minute, so compare the engine with it in the same run.
 
 --lora-mix K adds K random rank-8 adapters (all linear layers, as `slmserve finetune` makes them) and runs each
 level three ways: every request on the base model, every request on one adapter, and requests spread round-robin
