@@ -190,16 +190,21 @@ def finetune(
 
 
 @app.command()
-def models() -> None:
-    """List the model ids slmserve knows and where their files are."""
+def models(
+    cache_dir: Annotated[str | None, typer.Option(help="Where requantized copies are kept (as serve's).")] = None,
+) -> None:
+    """List the model ids slmserve knows, where their files are, and the weight layout --weights auto runs."""
+    from slmserve.models import weights
     from slmserve.models.registry import KNOWN_MODELS
 
     for m in KNOWN_MODELS.values():
         try:
-            where = str(m.path())
+            path = m.path()
         except FileNotFoundError as exc:
-            where = f"not installed ({exc})"
-        typer.echo(f"{m.id}\n  {m.description}\n  {where}")
+            typer.echo(f"{m.id}\n  {m.description}\n  not installed ({exc})")
+            continue
+        layout = weights.describe(path, Path(cache_dir or Settings().cache_dir))
+        typer.echo(f"{m.id}\n  {m.description}\n  {path}\n  weights: {layout}")
 
 
 if __name__ == "__main__":

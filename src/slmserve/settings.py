@@ -32,6 +32,13 @@ class Settings(BaseSettings):
             "it through transformers once and caches the result under --cache-dir. torch needs slmserve[torch]."
         ),
     )
+    weights: Literal["auto", "original", "q4_0", "q8_0", "iq4_nl", "f16"] = Field(
+        "auto",
+        description=(
+            "llama.cpp engine: the weight layout to run. auto: where the file's tensors miss this CPU's fast "
+            "kernels (the bundled Q4_1 on AVX2), requantize it once into --cache-dir; original: the file as it is."
+        ),
+    )
     device: str = Field("auto", description="torch engine: cpu, cuda, cuda:N; auto picks cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="torch engine: weight precision; auto is float32 on CPU, bfloat16 on CUDA."
@@ -45,7 +52,7 @@ class Settings(BaseSettings):
     )
     cache_dir: str = Field(
         os.path.join(os.path.expanduser("~"), ".cache", "slmserve"),
-        description="Where converted weights are kept (a GGUF dequantized for the torch engine).",
+        description="Where converted weights are kept: requantized GGUFs, a GGUF dequantized for the torch engine.",
     )
     served_model_name: str | None = Field(
         None, description="Name the API reports and accepts for the model; defaults to the model id."

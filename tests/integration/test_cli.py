@@ -42,3 +42,11 @@ def test_bench_counts_exactly_max_tokens_per_request_and_writes_json(server, tmp
 def test_bench_reports_errors_and_exits_non_zero(tmp_path):
     r = slmserve("bench", "--url", "http://127.0.0.1:9", "--concurrency", "1", "--requests", "2", timeout=60)
     assert r.returncode == 1 and "errors" in r.stderr
+
+
+def test_models_names_the_file_and_the_layout_auto_runs(tmp_path):
+    r = slmserve("models", "--cache-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in r.stdout
+    assert "weights: q4_1; auto runs q4_0 (79% of the weights (q4_1) miss AVX2's fast kernels)" in r.stdout
+    assert f"made on first start into {tmp_path}/weights" in r.stdout

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmserve.engine.engine import Engine, Runner, Tokenizer
+from slmserve.models import weights
 from slmserve.models.chat_template import ChatTemplate, HFChatTemplate
 from slmserve.models.registry import ModelSource, resolve_model
 from slmserve.settings import Settings
@@ -27,6 +28,7 @@ class LoadedModel:
     backend: str = "llama.cpp"  # or "torch"
     device: str = "cpu"
     adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> path (torch); the runner's own dict
+    weights: str | None = None  # the weight layout as run, e.g. "q4_0 (requantized from Q4_1)"; None: torch
 
     @property
     def source(self) -> str:
@@ -53,11 +55,11 @@ def load_model(settings: Settings) -> LoadedModel:
     return model
 
 
-def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
+def _open_llamacpp(settings: Settings, path: Path):
     from slmserve.engine.runner_llamacpp import LlamaCppRunner
 
-    runner = LlamaCppRunner(
-        source.path,
+    return LlamaCppRunner(
+        path,
         n_ctx=settings.ctx_size,
         n_seq_max=settings.max_running,
         n_batch=settings.step_token_budget,
@@ -66,6 +68,28 @@ def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
         kv_cache_type=settings.kv_cache_type,
         verbose=settings.log_level == "debug",
     )
+
+
+def _load_weights(settings: Settings, path: Path) -> tuple[object, weights.WeightsPlan]:
+    """The runner on the layout --weights asks for. A cached copy that fails to load is made again, once; if that
+    fails too, the original file runs, with a warning: never a crash for the cache's sake."""
+    layouts = [settings.weights, settings.weights, "original"]
+    for attempt, layout in enumerate(layouts):
+        plan = weights.plan(path, layout, Path(settings.cache_dir))
+        try:
+            return _open_llamacpp(settings, plan.path), plan
+        except ValueError as exc:
+            if not plan.requantized:
+                raise
+            weights.discard(plan)
+            then = "making it again" if attempt == 0 else "running the original weights, slower"
+            log.warning("the cached %s failed to load (%s); %s", plan.path.name, exc, then)
+    raise AssertionError("unreachable: the original layout either loads or raises")
+
+
+def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
+    runner, plan = _load_weights(settings, source.path)
+    log.info("weights: %s from %s (%s)", plan.description, plan.path, plan.reason)
     tok = runner.tokenizer
     # Without a unified KV buffer llama.cpp splits the context evenly between the slots.
     per_seq = runner.n_ctx if settings.kv_unified else runner.n_ctx // settings.max_running
@@ -84,7 +108,9 @@ def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
         eos_token=tok.token_text(tok.eos_token_id) if tok.eos_token_id >= 0 else "",
     )
     log.info("llama.cpp context %d, %d slots", runner.n_ctx, settings.max_running)
-    return LoadedModel(settings.model_name, source.path, engine, runner, tok, template, max_model_len)
+    return LoadedModel(
+        settings.model_name, source.path, engine, runner, tok, template, max_model_len, weights=plan.description
+    )
 
 
 def _load_torch(settings: Settings, source: ModelSource) -> LoadedModel:

@@ -23,7 +23,7 @@ def _respond(result):
 @router.get("/v1/models", response_model=oa.ModelList)
 async def list_models(serving: Serving = Depends(get_serving)) -> oa.ModelList:
     model = serving.model
-    cards = [oa.ModelCard(id=model.name, max_model_len=model.max_model_len)]
+    cards = [oa.ModelCard(id=model.name, max_model_len=model.max_model_len, weights=model.weights)]
     cards += [oa.ModelCard(id=name, parent=model.name, max_model_len=model.max_model_len) for name in model.adapters]
     return oa.ModelList(data=cards)
 

@@ -23,6 +23,7 @@ async def info(request: Request) -> dict:
         "engine": model.backend if model else state.settings.engine,
         "base_model": state.settings.model_name,
         "model_path": model.source if model else None,
+        "weights": model.weights if model else None,
         "lora_path": adapters.get(state.slm_adapter),
         "lora_name": state.slm_adapter,
         "adapters": adapters,

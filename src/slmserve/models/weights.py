@@ -1,0 +1,229 @@
+"""Which weight layout the llama.cpp engine runs, and the requantized copies it keeps in the cache.
+
+llama.cpp's fast batched kernels (llamafile's sgemm and the CPU repack) take only some tensor types: on AVX2,
+F32, F16, Q8_0, Q4_0, Q5_0, IQ4_NL and Q4_K. A file in another type (the bundled SmolLM2 is Q4_1) runs every
+matrix product one row at a time. `auto` looks at the file's 2-D tensors and the CPU's features and, where the
+weights miss the fast kernels, requantizes the file once (0.6 s for SmolLM2-135M) into the cache directory.
+Measurements behind the choice of target are in docs/PERFORMANCE.md ("Weight layout").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The fast kernels' tensor types by CPU family (ggml's llamafile sgemm and CPU repack, llama.cpp as vendored
+# by llama-cpp-python 0.3.36). A CPU with neither feature keeps the original file under `auto`.
+_FAST = {
+    "AVX2": frozenset({"f32", "f16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_K"}),
+    "NEON": frozenset({"f32", "f16", "q8_0", "q4_0", "iq4_nl"}),
+}
+# Bits per weight of the types auto may meet; a source of fewer than 5.5 bits goes to q4_0, a finer one to q8_0
+# so that requantizing never throws away much more than the file already had.
+_BITS = {
+    "f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_K": 6.56, "q5_1": 6, "q5_0": 5.5, "q5_K": 5.5,
+    "q4_1": 5, "q4_0": 4.5, "q4_K": 4.5, "iq4_nl": 4.5, "iq4_xs": 4.25, "q3_K": 3.44, "q2_K": 2.63,
+}  # fmt: skip
+# Target -> (its LLAMA_FTYPE_MOSTLY_*, the GGML_TYPE_* of the token embeddings). SmolLM2 ties its output to the token
+# embeddings; left to llama.cpp, that tensor becomes Q6_K, which the fast kernels skip, and the LM head (a
+# quarter of the weights) would again run one row at a time.
+_TARGETS = {"q4_0": ("Q4_0", "Q8_0"), "q8_0": ("Q8_0", "Q8_0"), "iq4_nl": ("IQ4_NL", "Q8_0"), "f16": ("F16", "F16")}
+# Bumped when the way a target is made changes, so old cache files are not reused.
+_RECIPE = 1
+
+
+class WeightsError(RuntimeError):
+    """A requantized copy could not be made."""
+
+
+@dataclass(frozen=True)
+class WeightsPlan:
+    """What to load: the file, its layout, and why."""
+
+    path: Path
+    layout: str  # the weights' main type as run, e.g. "q4_0"
+    source_type: str  # the original file's main type, e.g. "q4_1"
+    requantized: bool
+    reason: str
+
+    @property
+    def description(self) -> str:
+        if self.requantized:
+            return f"{self.layout} (requantized from {self.source_type})"
+        return self.source_type
+
+
+def main_type(types: Counter[str]) -> str:
+    """The type most of the weights have, e.g. "q4_1"."""
+    return types.most_common(1)[0][0] if types else "unknown"
+
+
+def tensor_types(path: Path) -> Counter[str]:
+    """ggml type name -> number of weights of that type in the file. ValueError if it is not a GGUF file."""
+    ggml = _gguf_api()
+    ctx = ggml.gguf_init_from_file(str(path).encode(), _GGUFInitParams(True, None))
+    if not ctx:
+        raise ValueError(f"{path} is not a GGUF file ggml can read")
+    counts: Counter[str] = Counter()
+    try:
+        for i in range(ggml.gguf_get_n_tensors(ctx)):
+            kind = ggml.gguf_get_tensor_type(ctx, i)
+            blocks = ggml.gguf_get_tensor_size(ctx, i) // ggml.ggml_type_size(kind)
+            counts[ggml.ggml_type_name(kind).decode()] += blocks * ggml.ggml_blck_size(kind)
+    finally:
+        ggml.gguf_free(ctx)
+    return counts
+
+
+def cpu_family(system_info: str) -> str | None:
+    """'AVX2' or 'NEON' from llama.cpp's system info ("... AVX2 = 1 | ..."), else None."""
+    # "CPU : SSE3 = 1 | AVX2 = 1 | ...": the first flag follows the backend's name
+    flags = {p.split("=")[0].split(":")[-1].strip() for p in system_info.split("|") if p.strip().endswith("= 1")}
+    return next((family for family in _FAST if family in flags), None)
+
+
+def auto_target(types: Counter[str], family: str | None) -> tuple[str | None, str]:
+    """(the layout auto requantizes to, or None to keep the file; the reason in words)."""
+    if not types:
+        return None, "the file lists no tensors"
+    main = main_type(types)
+    if family is None:
+        return None, "no fast kernels known for this CPU"
+    slow = sum(n for t, n in types.items() if t not in _FAST[family])
+    if not slow:
+        return None, f"{main} runs on {family}'s fast kernels"
+    share = slow / sum(types.values())
+    target = "q4_0" if _BITS.get(main, 16) < 5.5 else "q8_0"
+    return target, f"{share:.0%} of the weights ({main}) miss {family}'s fast kernels"
+
+
+def file_key(path: Path) -> str:
+    """The file's identity: size, modification time and a hash of its first and last MiB."""
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with path.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, stat.st_size - (1 << 20)))
+        digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def cache_path(path: Path, target: str, cache_dir: Path) -> Path:
+    """Where the `target` copy of `path` lives: keyed by the file, the target, the recipe and llama.cpp."""
+    import llama_cpp
+
+    version = f"{llama_cpp.__version__}-r{_RECIPE}"
+    return cache_dir / "weights" / f"{path.name.removesuffix('.gguf')}-{file_key(path)}-{target}-{version}.gguf"
+
+
+def plan(path: Path, wanted: str, cache_dir: Path) -> WeightsPlan:
+    """Decide what to load for `--weights wanted`; requantize into cache_dir when needed (and not cached).
+
+    Never raises for the cache: an unwritable cache or a failed requantization falls back to the original file
+    with a warning.
+    """
+    try:
+        types = tensor_types(path)
+    except (OSError, ValueError) as exc:  # llama.cpp's load then says what is wrong with the file
+        return WeightsPlan(path, "unknown", "unknown", False, f"tensor types unreadable: {exc}")
+    source_type = main_type(types)
+    keep = WeightsPlan(path, source_type, source_type, False, "--weights original")
+    if wanted == "original":
+        return keep
+    if wanted == "auto":
+        target, reason = auto_target(types, cpu_family(_system_info()))
+        if target is None:
+            return replace(keep, reason=reason)
+    else:
+        target, reason = wanted, f"--weights {wanted}"
+        if source_type == target:
+            return replace(keep, reason=f"{reason}: the file is already {source_type}")
+    try:
+        out = cache_path(path, target, cache_dir.expanduser())
+        if not out.is_file():
+            requantize(path, out, target)
+    except (OSError, WeightsError) as exc:
+        log.warning("running %s's original %s weights, slower: %s", path.name, source_type, exc)
+        return replace(keep, reason=f"{reason}, but requantizing failed: {exc}")
+    return WeightsPlan(out, target, source_type, True, reason)
+
+
+def discard(weights: WeightsPlan) -> None:
+    """Remove a cached copy that failed to load, so the next plan() makes it again."""
+    if weights.requantized:
+        weights.path.unlink(missing_ok=True)
+
+
+def requantize(src: Path, out: Path, target: str) -> None:
+    """Write src requantized to target at out, through a temporary file renamed into place."""
+    import llama_cpp as C
+
+    ftype, embedding_type = _TARGETS[target]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".gguf")
+    os.close(fd)
+    try:
+        params = C.llama_model_quantize_default_params()
+        params.ftype = getattr(C, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+        params.allow_requantize = True
+        params.token_embedding_type = params.output_tensor_type = getattr(C, f"GGML_TYPE_{embedding_type}")
+        params.nthread = os.cpu_count() or 1
+        log.info("requantizing %s to %s (once; cached in %s)", src.name, target, out.parent)
+        if C.llama_model_quantize(str(src).encode(), tmp.encode(), params) != 0:
+            raise WeightsError(f"llama.cpp could not requantize {src.name} to {target}")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is read by whoever serves the model
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class _GGUFInitParams(ctypes.Structure):
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+
+@functools.cache
+def _gguf_api() -> ctypes.CDLL:
+    """ggml's own GGUF reader (C, in the libggml that llama-cpp-python ships): the header alone, in milliseconds.
+    The gguf package's GGUFReader takes ~4 s on SmolLM2, most of it turning the vocabulary into Python objects."""
+    from llama_cpp._ggml import libggml as lib
+
+    ctx, i64, kind = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for name, restype, argtypes in [
+        ("gguf_init_from_file", ctx, [ctypes.c_char_p, _GGUFInitParams]),
+        ("gguf_get_n_tensors", i64, [ctx]),
+        ("gguf_get_tensor_type", kind, [ctx, i64]),
+        ("gguf_get_tensor_size", ctypes.c_size_t, [ctx, i64]),
+        ("gguf_free", None, [ctx]),
+        ("ggml_type_name", ctypes.c_char_p, [kind]),
+        ("ggml_type_size", ctypes.c_size_t, [kind]),
+        ("ggml_blck_size", i64, [kind]),
+    ]:
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def _system_info() -> str:
+    import llama_cpp as C
+
+    return C.llama_print_system_info().decode(errors="replace")
+
+
+def describe(path: Path, cache_dir: Path) -> str:
+    """One line for `slmserve models`: the file's layout and what auto runs here, without requantizing."""
+    types = tensor_types(path)
+    target, reason = auto_target(types, cpu_family(_system_info()))
+    if target is None:
+        return f"{main_type(types)}; auto runs it as it is ({reason})"
+    cached = cache_path(path, target, cache_dir.expanduser())
+    where = f"cached at {cached}" if cached.is_file() else f"made on first start into {cached.parent}"
+    return f"{main_type(types)}; auto runs {target} ({reason}), {where}"
