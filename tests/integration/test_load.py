@@ -73,6 +73,26 @@ def test_client_disconnect_mid_stream_aborts_and_frees_the_slot(server):
     assert _finished(server, "abort") == aborted_before + 1
 
 
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", chat_body("Tell me a very long story.", max_tokens=450, ignore_eos=True)),
+        ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 450, "ignore_eos": True}),
+    ],
+)
+def test_client_that_gives_up_on_a_plain_request_aborts_it_and_frees_the_slot(server, path, body):
+    aborted_before = _finished(server, "abort")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}{path}", json=body, timeout=0.5)
+    # No stream to fail a write on: the server hears the disconnect itself and aborts within a step or two,
+    # long before 450 tokens (~3 s here) would have run.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and server.metric("slmserve_requests_running") > 0:
+        time.sleep(0.05)
+    assert server.metric("slmserve_requests_running") == 0
+    assert _finished(server, "abort") == aborted_before + 1
+
+
 def _finished(server, reason: str) -> float:
     try:
         return server.metric(f'slmserve_requests_finished_total{{finish_reason="{reason}"}}')
@@ -88,9 +108,12 @@ def test_full_waiting_queue_answers_429_with_retry_after_and_recovers(tiny_serve
         httpx.Client(timeout=60) as b,
         a.stream("POST", f"{url}/v1/chat/completions", json=long) as running,
     ):
-        next(running.iter_lines())
+        # Hold on to the line iterators: a dropped one closes its connection, which the server takes as a hang-up.
+        running_lines = running.iter_lines()
+        next(running_lines)
         with b.stream("POST", f"{url}/v1/chat/completions", json=long) as waiting:
-            next(waiting.iter_lines())
+            waiting_lines = waiting.iter_lines()
+            next(waiting_lines)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and tiny_server.metric("slmserve_requests_waiting") < 1:
                 time.sleep(0.05)
@@ -129,5 +152,7 @@ def test_prompt_that_does_not_fit_is_a_400_naming_the_token_counts(server, words
 
 
 def test_without_max_tokens_the_answer_may_use_the_rest_of_the_context(server):
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat_body("Say yes.", max_tokens=None), timeout=60)
-    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "stop"
+    body = chat_body("Say yes.", max_tokens=None, ignore_eos=True)
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
+    assert r.json()["usage"]["total_tokens"] == 512

@@ -12,6 +12,7 @@ from slmserve import __version__
 from slmserve.engine.loader import LoadedModel
 from slmserve.server import errors
 from slmserve.server.app_state import AppState
+from slmserve.server.disconnect import CancelOnDisconnect
 from slmserve.server.routes import gateway, generate, health, openai, slm, ui
 from slmserve.settings import Settings
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings, model: LoadedModel | None = None) -> FastAPI:
 
     app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
     app.state.slm = state
+    app.add_middleware(CancelOnDisconnect)
     errors.install_handlers(app, settings.retry_after)
     for module in (health, openai, gateway, slm, generate, ui):
         app.include_router(module.router)
