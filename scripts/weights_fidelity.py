@@ -1,0 +1,127 @@
+"""What each weight layout costs in quality: greedy agreement with the original file, and a short QA set.
+
+For each --weights layout (the original file first), on the llama.cpp engine in-process:
+- agreement: 60 prompts, greedy, --max-tokens each; per prompt the share of tokens generated before the first
+  token that differs from the original's (1.0 = identical), and how many prompts are identical throughout;
+- QA: 30 short questions of our own, greedy, 24 tokens; an answer counts when it holds an accepted word.
+Speed is measured by scripts/bench_compare.py, against llama-server, not here.
+
+    python scripts/weights_fidelity.py [--layouts original,q4_0,q8_0,iq4_nl,f16] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from slmserve.engine.loader import load_model
+from slmserve.engine.sampling import SamplingParams
+from slmserve.settings import Settings
+
+TOPICS = ["the sea", "a cat", "Paris", "rain", "computers", "music", "a forest", "the moon", "bread", "trains"]
+ASKS = [
+    "Write a paragraph about {}.",
+    "Give three facts about {}.",
+    "Explain {} to a child.",
+    "Write a short poem about {}.",
+    "What is the most interesting thing about {}?",
+    "Describe {} in two sentences.",
+]
+PROMPTS = [ask.format(topic) for topic in TOPICS for ask in ASKS]  # 60
+
+# (question, accepted words: any one, matched as a whole word, any case)
+QA = [
+    ("What is the capital of France?", ["Paris"]),
+    ("What is the capital of Japan?", ["Tokyo"]),
+    ("What is the capital of Italy?", ["Rome"]),
+    ("What is the capital of Germany?", ["Berlin"]),
+    ("What is the capital of the United Kingdom?", ["London"]),
+    ("What is the capital of Spain?", ["Madrid"]),
+    ("What is 2 + 2?", ["4", "four"]),
+    ("What is 10 times 10?", ["100", "hundred"]),
+    ("How many days are in a week?", ["7", "seven"]),
+    ("How many legs does a spider have?", ["8", "eight"]),
+    ("How many continents are there?", ["7", "seven"]),
+    ("What color is the sky on a clear day?", ["blue"]),
+    ("What color are bananas when they are ripe?", ["yellow"]),
+    ("What is the opposite of hot?", ["cold"]),
+    ("What is the largest planet in our solar system?", ["Jupiter"]),
+    ("Which planet is known as the Red Planet?", ["Mars"]),
+    ("What is the chemical symbol for water?", ["H2O"]),
+    ("What gas do plants absorb from the air?", ["carbon dioxide", "CO2"]),
+    ("What is the freezing point of water in Celsius?", ["0", "zero"]),
+    ("Who wrote Romeo and Juliet?", ["Shakespeare"]),
+    ("Who painted the Mona Lisa?", ["Leonardo", "Vinci"]),
+    ("What is the largest ocean on Earth?", ["Pacific"]),
+    ("What is the tallest mountain in the world?", ["Everest"]),
+    ("What animal is known as the king of the jungle?", ["lion"]),
+    ("What do bees make?", ["honey"]),
+    ("What is the first letter of the English alphabet?", ["A"]),
+    ("In which country are the pyramids of Giza?", ["Egypt"]),
+    ("What language is spoken in Brazil?", ["Portuguese"]),
+    ("How many hours are in a day?", ["24", "twenty-four"]),
+    ("What is the boiling point of water in Celsius?", ["100", "hundred"]),
+]
+
+
+def correct(answer: str, accepted: list[str]) -> bool:
+    return any(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", answer, re.IGNORECASE) for word in accepted)
+
+
+def run_layout(layout: str, max_tokens: int) -> dict:
+    model = load_model(Settings(weights=layout, max_running=32, ctx_size=32 * 512))
+    enc = lambda text: model.tokenizer.encode(  # noqa: E731
+        model.chat_template.render([{"role": "user", "content": text}]), add_special=False
+    )
+    greedy = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    tokens = model.engine.generate({str(i): enc(p) for i, p in enumerate(PROMPTS)}, greedy)
+    qa_params = SamplingParams(max_tokens=24, temperature=0)
+    answers = model.engine.generate({str(i): enc(q) for i, (q, _) in enumerate(QA)}, qa_params)
+    texts = [model.tokenizer.decode(answers[str(i)]) for i in range(len(QA))]
+    out = {
+        "layout": layout,
+        "weights": model.weights,
+        "tokens": [tokens[str(i)] for i in range(len(PROMPTS))],
+        "qa_score": sum(correct(t, ok) for t, (_, ok) in zip(texts, QA, strict=True)),
+        "qa_answers": texts,
+    }
+    model.close()
+    return out
+
+
+def agreement(ref: list[list[int]], got: list[list[int]]) -> tuple[float, int]:
+    """(mean share of tokens before the first difference, prompts identical throughout)."""
+    shares = []
+    for a, b in zip(ref, got, strict=True):
+        first = next((k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+        shares.append(first / len(a))
+    return sum(shares) / len(shares), sum(s == 1.0 for s in shares)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layouts", default="original,q4_0,q8_0,iq4_nl,f16")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=Path("docs/bench/weights_fidelity.json"))
+    args = parser.parse_args()
+    layouts = args.layouts.split(",")
+    assert layouts[0] == "original", "the original file comes first: it is the reference"
+    results = [run_layout(layout, args.max_tokens) for layout in layouts]
+    ref = results[0]["tokens"]
+    print(f"\n{len(PROMPTS)} prompts x {args.max_tokens} greedy tokens; QA: {len(QA)} questions\n")
+    print("| weights | agreement with the original | identical prompts | QA score |")
+    print("|---|---:|---:|---:|")
+    rows = []
+    for r in results:
+        share, same = agreement(ref, r["tokens"])
+        rows.append({**{k: v for k, v in r.items() if k != "tokens"}, "agreement": share, "identical": same})
+        print(f"| {r['weights']} | {share:.3f} | {same}/{len(PROMPTS)} | {r['qa_score']}/{len(QA)} |")
+    doc = {"prompts": len(PROMPTS), "max_tokens": args.max_tokens, "qa_questions": [q for q, _ in QA], "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
