@@ -1,11 +1,24 @@
-"""Benchmark slmserve's two engines and llama-cpp-python's own server on the bundled model, one after another.
+"""Benchmark slmserve against llama.cpp's own C++ llama-server, one server after the other, in rounds.
 
-For each server: process start to /health 200, `slmserve bench` at each concurrency, the server's peak resident
-memory while under load. Writes one JSON per server plus a summary JSON, and prints a markdown table.
-slmserve-torch serves the same GGUF dequantized to fp32 through transformers (converted once, then cached).
+Servers (--servers, in this order each round):
+  slmserve            `slmserve serve` with its defaults (--weights auto)
+  llama-server        llama-server on the bundled file as downloaded (what a llama.cpp user gets)
+  llama-server-same   llama-server on the very file slmserve's auto runs (the requantized copy in the cache)
+  slmserve-original   slmserve on the bundled file as it is (--weights original)
+  slmserve-torch      the torch engine (fp32, dequantized GGUF)
+  llama-cpp-python    llama-cpp-python's own server (serves one request at a time; a footnote)
 
-    python scripts/bench_compare.py --out bench-results [--concurrency 1,8,32] [--max-tokens 128]
-        [--servers slmserve,slmserve-torch,llama-cpp-python] [--torch-device cpu]
+llama-server is built once from the llama.cpp inside the llama-cpp-python sdist (scripts/llama_server.py) and run
+with the same slots, context and threads as slmserve (-np 32 -c 65536 -t 2 -tb 2 by default). For each server:
+process start to health 200, `slmserve bench` at each concurrency (streaming chat, greedy, EOS banned, so every
+request yields exactly --max-tokens), peak RSS. With --seed-shaped, slmserve also runs the seeds' shapes: a
+/chat/batched of 8 x 48 tokens against one /chat call, and 32 concurrent 16-token chats against one.
+Alternating rounds put each server's figures beside its peer's from minutes, not an hour, apart; the summary
+takes the median over rounds. Writes one JSON per server and round, and summary.json, to --out.
+
+    python scripts/bench_compare.py --out docs/bench/peer [--rounds 2] [--concurrency 1,8,32,64]
+    python scripts/bench_compare.py --out docs/bench/ctx --concurrency 32 --no-seed-shaped \
+        --variant ctx2048="--ctx-size 65536" --servers slmserve,ctx2048
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -23,19 +36,25 @@ from pathlib import Path
 import httpx
 import psutil
 
-from slmserve.bench import BenchConfig, print_report, run_bench, write_json
-from slmserve.models.registry import resolve_model_path
+sys.path.insert(0, str(Path(__file__).parent))
+from llama_server import llama_server  # noqa: E402
+
+from slmserve.bench import BenchConfig, print_report, run_bench, write_json  # noqa: E402
+from slmserve.models import weights  # noqa: E402
+from slmserve.models.registry import resolve_model_path  # noqa: E402
+from slmserve.settings import Settings  # noqa: E402
 
 
-def wait_healthy(url: str, paths: list[str], timeout: float = 120) -> float:
+def wait_healthy(url: str, path: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
-        for path in paths:
-            try:
-                if httpx.get(url + path, timeout=1).status_code == 200:
-                    return time.perf_counter() - start
-            except httpx.HTTPError:
-                pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
         time.sleep(0.02)
     raise RuntimeError(f"{url} not healthy after {timeout} s")
 
@@ -55,87 +74,180 @@ class PeakRss(threading.Thread):
             time.sleep(0.1)
 
 
-def bench_server(label: str, cmd: list[str], port: int, health: list[str], args) -> dict:
+def server_commands(args) -> dict[str, tuple[list[str], str]]:
+    """Server name -> (command line without the port, health path)."""
+    settings = Settings()
+    bundled = resolve_model_path(settings.model)
+    slm = [str(Path(sys.executable).parent / "slmserve"), "serve", *args.slmserve_args.split()]
+    threads = str(settings.n_threads)
+    # The same slots, KV cells and threads as slmserve; batch sizes stay llama-server's own defaults.
+    peer = ["-np", str(settings.max_running), "-c", str(settings.kv_cells("llama.cpp")), "-t", threads, "-tb", threads,
+            "--no-webui", "--log-disable"]  # fmt: skip
+    commands = {
+        "slmserve": (slm, "/health"),
+        "slmserve-original": ([*slm, "--weights", "original"], "/health"),
+        "slmserve-torch": ([*slm, "--engine", "torch", "--device", args.torch_device], "/health"),
+        "llama-cpp-python": (
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(bundled),
+                "--n_ctx",
+                "8192",
+                "--n_threads",
+                threads,
+                "--n_threads_batch",
+                threads,
+                "--verbose",
+                "false",
+            ],
+            "/v1/models",
+        ),  # fmt: skip
+    }
+    for variant in args.variant:  # NAME=FLAGS: slmserve with other settings, e.g. ctx2048="--ctx-size 65536"
+        name, _, flags = variant.partition("=")
+        commands[name] = ([*slm, *flags.split()], "/health")
+    if any(name.startswith("llama-server") for name in args.servers):
+        binary = str(llama_server(Path(settings.cache_dir)))
+        same = weights.plan(bundled, settings.weights, Path(settings.cache_dir)).path  # made now if missing
+        commands["llama-server"] = ([binary, "-m", str(bundled), *peer], "/health")
+        commands["llama-server-same"] = ([binary, "-m", str(same), *peer], "/health")
+    return commands
+
+
+def bench_server(name: str, cmd: list[str], health: str, port: int, args, round_no: int) -> dict:
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(url, health)
+        wait_healthy(url, health, proc)
         startup = time.perf_counter() - started
         rss = PeakRss(proc.pid)
         rss.start()
         config = BenchConfig(
-            url=url,
-            levels=[int(c) for c in args.concurrency.split(",")],
-            requests=None,
-            max_tokens=args.max_tokens,
-            ignore_eos=True,
-            eos_token_ids=[0, 2],
-            model=None,
-            prompt="Tell me a story about a cat.",
-            label=label,
-        )
+            url=url, levels=args.concurrency, requests=None, max_tokens=args.max_tokens, ignore_eos=True,
+            eos_token_ids=[0, 2], model=None, prompt="Tell me a story about a cat.", label=name,
+        )  # fmt: skip
         results = asyncio.run(run_bench(config))
+        seeds = asyncio.run(seed_shaped(url)) if args.seed_shaped and name.startswith("slmserve") else None
         rss.stop.set()
         print_report(config, results)
-        write_json(args.out / f"{label}.json", config, results)
+        write_json(args.out / f"{name}.round{round_no}.json", config, results)
         return {
-            "label": label,
-            "command": " ".join(cmd),
-            "startup_to_health_s": round(startup, 3),
-            "peak_rss_mib": round(rss.peak / 2**20, 1),
-            "results": [r.__dict__ for r in results],
-        }
+            "server": name, "round": round_no, "command": " ".join(cmd), "startup_to_health_s": round(startup, 3),
+            "peak_rss_mib": round(rss.peak / 2**20, 1), "results": [r.__dict__ for r in results], "seed_shaped": seeds,
+        }  # fmt: skip
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
+
+
+async def seed_shaped(url: str) -> dict:
+    """The seeds' own shapes of load, each against one call of the same kind (median of 3 single calls)."""
+    base = {"system_prompt": "You are a storyteller.", "temperature": 0}
+
+    async def chat(client: httpx.AsyncClient, i: int, tokens: int) -> int:
+        body = {"chat_id": str(i), "user_prompt": f"Tell a long story about cat number {i}.", "max_tokens": tokens}
+        r = await client.post(f"{url}/chat", json={**base, **body})
+        r.raise_for_status()
+        return r.json()["usage"]["completion_tokens"]
+
+    async def timed(coro) -> tuple[float, object]:
+        start = time.perf_counter()
+        result = await coro
+        return time.perf_counter() - start, result
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        one48 = statistics.median([(await timed(chat(client, 0, 48)))[0] for _ in range(3)])
+        queries = [{**base, "chat_id": str(i), "user_prompt": f"Tell a long story about cat number {i}.",
+                    "max_tokens": 48} for i in range(8)]  # fmt: skip
+        batch_s, r = await timed(client.post(f"{url}/chat/batched", json={"queries": queries}))
+        batch_tokens = [x["usage"]["completion_tokens"] for x in r.json()["results"]]
+        one16 = statistics.median([(await timed(chat(client, 0, 16)))[0] for _ in range(3)])
+        many_s, many_tokens = await timed(asyncio.gather(*(chat(client, i, 16) for i in range(32))))
+    return {
+        "one_chat_48_s": one48, "batched_8x48_s": batch_s, "batched_ratio": batch_s / one48,
+        "batched_tokens": batch_tokens, "one_chat_16_s": one16, "concurrent_32x16_s": many_s,
+        "concurrent_ratio": many_s / one16, "concurrent_tokens": list(many_tokens),
+    }  # fmt: skip
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Median over rounds, per server and concurrency."""
+    rows = []
+    for name in dict.fromkeys(r["server"] for r in runs):
+        mine = [r for r in runs if r["server"] == name]
+        for level in [x["concurrency"] for x in mine[0]["results"]]:
+            at = [x for r in mine for x in r["results"] if x["concurrency"] == level]
+
+            def med(key: str, at=at) -> float:
+                return statistics.median(x[key] for x in at)
+
+            rows.append({
+                "server": name, "concurrency": level, "tokens_per_s": med("tokens_per_s"),
+                "tokens_per_s_all": [round(x["tokens_per_s"], 1) for x in at], "ttft_p50_s": med("ttft_p50_s"),
+                "ttft_p95_s": med("ttft_p95_s"), "itl_p50_s": med("itl_p50_s"), "itl_p95_s": med("itl_p95_s"),
+                "errors": sum(x["errors"] for x in at),
+                "startup_to_health_s": statistics.median(r["startup_to_health_s"] for r in mine),
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
+            })  # fmt: skip
+    return rows
+
+
+def print_summary(rows: list[dict], runs: list[dict]) -> None:
+    print("\n| server | conc | tok/s (median) | each round | TTFT p50 | TTFT p95 | ITL p50 | ITL p95 | errors |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['server']} | {r['concurrency']} | {r['tokens_per_s']:.1f} | {r['tokens_per_s_all']} | "
+            f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p95_s'] * 1000:.0f} ms | {r['itl_p50_s'] * 1000:.1f} ms | "
+            f"{r['itl_p95_s'] * 1000:.1f} ms | {r['errors']} |"
+        )
+    by = {(r["server"], r["concurrency"]): r for r in rows}
+    for peer in ("llama-server", "llama-server-same"):
+        ratios = [f"c={c}: {r['tokens_per_s'] / by[peer, c]['tokens_per_s']:.2f}x" for (s, c), r in by.items()
+                  if s == "slmserve" and (peer, c) in by]  # fmt: skip
+        if ratios:
+            print(f"slmserve / {peer} tok/s: " + ", ".join(ratios))
+    for name in dict.fromkeys(r["server"] for r in rows):
+        r = next(x for x in rows if x["server"] == name)
+        print(f"{name}: start to health 200 {r['startup_to_health_s']:.2f} s, peak RSS {r['peak_rss_mib']} MiB")
+    for run in runs:
+        if run["seed_shaped"]:
+            s = run["seed_shaped"]
+            print(
+                f"{run['server']} round {run['round']}: /chat/batched 8x48 {s['batched_8x48_s']:.2f} s = "
+                f"{s['batched_ratio']:.2f}x one /chat ({s['one_chat_48_s']:.2f} s); 32 concurrent 16-token chats "
+                f"{s['concurrent_32x16_s']:.2f} s = {s['concurrent_ratio']:.2f}x one ({s['one_chat_16_s']:.2f} s)"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 32, 64])
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--servers", default="slmserve,slmserve-torch,llama-cpp-python", help="which, in order")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--servers", type=lambda s: s.split(","), default=["slmserve", "llama-server",
+                        "llama-server-same"])  # fmt: skip
+    parser.add_argument("--seed-shaped", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--slmserve-args", default="", help="extra flags for every slmserve server")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="a further slmserve server with these flags, to name in --servers")  # fmt: skip
     parser.add_argument("--torch-device", default="auto", help="slmserve-torch's --device (cpu, cuda, auto)")
-    parser.add_argument("--torch-max-running", type=int, default=32, help="slmserve-torch's --max-running")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    gguf = str(resolve_model_path("smollm2-135m-instruct"))
-    bindir = Path(sys.executable).parent
-    threads = str(os.cpu_count() or 1)
-    servers = [
-        ("slmserve", [str(bindir / "slmserve"), "serve", "--port", "8101"], 8101, ["/health"]),
-        (
-            "slmserve-torch",
-            [str(bindir / "slmserve"), "serve", "--engine", "torch", "--device", args.torch_device, "--port", "8103",
-             "--max-running", str(args.torch_max_running),
-             "--ctx-size", str(512 * args.torch_max_running)],
-            8103,
-            ["/health"],
-        ),
-        (
-            "llama-cpp-python",
-            [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--port", "8102", "--n_ctx", "8192",
-             "--n_threads", threads, "--n_threads_batch", threads, "--verbose", "false"],
-            8102,
-            ["/v1/models"],
-        ),
-    ]  # fmt: skip
-    wanted = args.servers.split(",")
-    summary = [bench_server(*s, args) for name in wanted for s in servers if s[0] == name]
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("\n| server | conc | tok/s | TTFT p50 | TTFT p95 | ITL p50 | latency p50 | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for s in summary:
-        for r in s["results"]:
-            print(
-                f"| {s['label']} | {r['concurrency']} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s'] * 1000:.0f} ms | "
-                f"{r['ttft_p95_s'] * 1000:.0f} ms | {r['itl_p50_s'] * 1000:.1f} ms | {r['latency_p50_s']:.2f} s | "
-                f"{r['errors']} |"
-            )
-    for s in summary:
-        print(f"{s['label']}: start to /health 200 {s['startup_to_health_s']} s, peak RSS {s['peak_rss_mib']} MiB")
+    commands = server_commands(args)
+    runs = []
+    for round_no in range(1, args.rounds + 1):
+        for i, name in enumerate(args.servers):
+            cmd, health = commands[name]
+            runs.append(bench_server(name, cmd, health, 8101 + i, args, round_no))
+    rows = summarize(runs)
+    (args.out / "summary.json").write_text(json.dumps({"summary": rows, "runs": runs}, indent=2) + "\n")
+    print_summary(rows, runs)
 
 
 if __name__ == "__main__":

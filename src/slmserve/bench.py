@@ -83,10 +83,11 @@ def _body(config: BenchConfig) -> dict:
     return body
 
 
-async def one_request(client: httpx.AsyncClient, config: BenchConfig) -> RequestResult:
-    result, start, last, chunks = RequestResult(), time.perf_counter(), None, 0
+async def one_request(client: httpx.AsyncClient, config: BenchConfig, retry: bool = True) -> RequestResult:
+    result, start, last, chunks, answered = RequestResult(), time.perf_counter(), None, 0, False
     try:
         async with client.stream("POST", f"{config.url}/v1/chat/completions", json=_body(config)) as resp:
+            answered = True
             if resp.status_code != 200:
                 result.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
                 return result
@@ -107,6 +108,10 @@ async def one_request(client: httpx.AsyncClient, config: BenchConfig) -> Request
                         result.itls.append(now - last)
                     last, chunks = now, chunks + 1
     except httpx.HTTPError as exc:
+        if retry and not answered and isinstance(exc, httpx.RemoteProtocolError):
+            # The server closed a kept-alive connection as this request went out (llama-server closes each
+            # connection after a few requests): nothing was served, so it is sent once more, as browsers do.
+            return await one_request(client, config, retry=False)
         result.error = f"{type(exc).__name__}: {exc}"
         return result
     result.latency = time.perf_counter() - start
