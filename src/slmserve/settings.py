@@ -12,6 +12,11 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Default tokens a request may use (prompt + completion) per backend. Measured on llama.cpp at 32 concurrent
+# requests: 512, 2048 and 4096 a slot run at the same speed (split streams attend only the cells a slot uses);
+# 2048 keeps peak RSS near 1 GiB (docs/PERFORMANCE.md, "Context").
+SLOT_TOKENS = {"llama.cpp": 2048, "torch": 512}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLMSERVE_", env_file=".env", extra="ignore")
@@ -61,12 +66,13 @@ class Settings(BaseSettings):
     max_waiting: int = Field(
         256, ge=0, description="Requests allowed to wait for a slot; past this the API answers 429."
     )
-    ctx_size: int = Field(
-        16384,
+    ctx_size: int | None = Field(
+        None,
         ge=256,
         description=(
-            "KV cache cells in all. Split between the slots (512 each by default, rounded up to a multiple of "
-            "256) unless --kv-unified."
+            "KV cache cells in all, split evenly between the slots (each rounded up to a multiple of 256) unless "
+            "--kv-unified. Default: --max-running x 2048 on llama.cpp (2048 tokens a request; 800 MiB of q8_0 KV "
+            "at 32 slots), x 512 on torch (its fp32 KV is 4x larger)."
         ),
     )
     max_model_len: int | None = Field(
@@ -99,6 +105,10 @@ class Settings(BaseSettings):
     default_max_length: int = Field(50, ge=10, description="/generate: max_length when the request gives none.")
     default_temperature: float = Field(0.7, ge=0, le=2, description="/generate: temperature when none is given.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    def kv_cells(self, backend: Literal["llama.cpp", "torch"]) -> int:
+        """--ctx-size, or the backend's default tokens a slot times --max-running."""
+        return self.ctx_size or self.max_running * SLOT_TOKENS[backend]
 
     @property
     def model_name(self) -> str:

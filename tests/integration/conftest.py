@@ -59,8 +59,8 @@ def server() -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="session")
 def tiny_server() -> Iterator[LiveServer]:
-    """One slot and one waiting place: for overload behaviour."""
-    live = LiveServer(Settings(max_running=1, max_waiting=1, retry_after=3)).start()
+    """One slot and one waiting place, for overload behaviour; a 512-token context that one request fills fast."""
+    live = LiveServer(Settings(max_running=1, max_waiting=1, retry_after=3, ctx_size=512)).start()
     yield live
     live.stop()
 

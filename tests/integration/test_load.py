@@ -136,8 +136,8 @@ def test_full_waiting_queue_answers_429_with_retry_after_and_recovers(tiny_serve
 @pytest.mark.parametrize(
     "words, max_tokens, pattern",
     [
-        (600, None, r"The prompt has \d+ tokens; this model's context holds at most 512 tokens"),
-        (100, 450, r"The prompt \((\d+) tokens\) plus max_tokens \(450\) is \d+ tokens; .* at most 512"),
+        (2500, None, r"The prompt has \d+ tokens; this model's context holds at most 2048 tokens"),
+        (100, 2000, r"The prompt \((\d+) tokens\) plus max_tokens \(2000\) is \d+ tokens; .* at most 2048"),
     ],
 )
 def test_prompt_that_does_not_fit_is_a_400_naming_the_token_counts(server, words, max_tokens, pattern):
@@ -151,8 +151,8 @@ def test_prompt_that_does_not_fit_is_a_400_naming_the_token_counts(server, words
     assert re.search(pattern, err["message"]), err["message"]
 
 
-def test_without_max_tokens_the_answer_may_use_the_rest_of_the_context(server):
+def test_without_max_tokens_the_answer_may_use_the_rest_of_the_context(tiny_server):
     body = chat_body("Say yes.", max_tokens=None, ignore_eos=True)
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    r = httpx.post(f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
     assert r.json()["usage"]["total_tokens"] == 512

@@ -69,4 +69,4 @@ def test_errors_are_shown_readably(page):
     page.fill("#max_tokens", "100000")
     page.fill("#input", "Hello")
     page.click("#send")
-    expect(page.locator("#error")).to_contain_text("context holds at most 512")
+    expect(page.locator("#error")).to_contain_text("context holds at most 2048")

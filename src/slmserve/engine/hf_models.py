@@ -111,7 +111,7 @@ def _load(settings: Settings, source: ModelSource) -> LoadedModel:
         raise FileNotFoundError(f"could not load the Hugging Face model {where!r}: {exc}") from exc
     config = model.config
     trained = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-    slot_len = min(-(-settings.ctx_size // settings.max_running), trained)
+    slot_len = min(-(-settings.kv_cells("torch") // settings.max_running), trained)
     max_model_len = min(slot_len, settings.max_model_len or slot_len)
     eos = model.generation_config.eos_token_id
     eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []

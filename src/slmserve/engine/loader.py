@@ -60,7 +60,7 @@ def _open_llamacpp(settings: Settings, path: Path):
 
     return LlamaCppRunner(
         path,
-        n_ctx=settings.ctx_size,
+        n_ctx=settings.kv_cells("llama.cpp"),
         n_seq_max=settings.max_running,
         n_batch=settings.step_token_budget,
         n_threads=settings.n_threads,
