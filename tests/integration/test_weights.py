@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from slmserve.engine.loader import load_model
+from slmserve.engine.sampling import SamplingParams
 from slmserve.models import weights
 from slmserve.models.registry import resolve_model_path
 from slmserve.settings import Settings
@@ -83,3 +84,18 @@ def test_the_running_layout_is_visible(server, path):
     body = httpx.get(f"{server.url}{path}").json()
     shown = body["data"][0]["weights"] if path == "/v1/models" else body["weights"]
     assert shown == "q4_0 (requantized from q4_1)"
+
+
+def test_score_gives_the_logits_greedy_decoding_chose(tmp_path):
+    """weights_fidelity's forced agreement stands on runner.score: fed a greedy answer, it must pick it again."""
+    model = load_model(small(tmp_path, weights="original"))
+    try:
+        prompt = model.tokenizer.encode("The capital of France is", add_special=False)
+        answer = model.engine.generate({"a": prompt}, SamplingParams(max_tokens=12, temperature=0))["a"]
+        logits = model.runner.score(prompt + answer[:-1], len(prompt) - 1)
+        assert logits.shape == (len(answer), model.tokenizer.vocab_size)
+        assert (logits.argmax(1) == answer).mean() >= 0.9  # a prefill batch may flip a near-tie, rarely
+        with pytest.raises(ValueError, match="score needs"):
+            model.runner.score(prompt, 0)
+    finally:
+        model.close()

@@ -18,7 +18,7 @@ _KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0}
 
 
 class LlamaCppTokenizer:
-    """Tokenizer of a loaded GGUF model, with every token's bytes cached for the detokenizer's hot path."""
+    """Tokenizer of a loaded GGUF model, each token's bytes cached for the detokenizer's hot path."""
 
     def __init__(self, model: C.llama_model_p) -> None:
         self._vocab = C.llama_model_get_vocab(model)
@@ -26,7 +26,8 @@ class LlamaCppTokenizer:
         self.bos_token_id = C.llama_vocab_bos(self._vocab)
         self.eos_token_id = C.llama_vocab_eos(self._vocab)
         self.eog_token_ids = frozenset(t for t in range(self.vocab_size) if C.llama_vocab_is_eog(self._vocab, t))
-        self._pieces = [self._piece(t, special=False) for t in range(self.vocab_size)]
+        # Each token's bytes, made on first use: all 49,152 up front cost 0.1 s of every start.
+        self._pieces: list[bytes | None] = [None] * self.vocab_size
 
     def _piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -51,10 +52,13 @@ class LlamaCppTokenizer:
         return list(buf[:n])
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._pieces[token_id]
+        piece = self._pieces[token_id]
+        if piece is None:  # two threads may both make it: the same bytes either way
+            piece = self._pieces[token_id] = self._piece(token_id, special=False)
+        return piece
 
     def decode(self, token_ids: list[int]) -> str:
-        return b"".join(self._pieces[t] for t in token_ids).decode("utf-8", errors="replace")
+        return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
 
 
 class LlamaCppRunner:
@@ -152,6 +156,20 @@ class LlamaCppRunner:
             raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
         n_out = int(self._logits[:n].sum())
         return np.ctypeslib.as_array(C.llama_get_logits(self.ctx), shape=(n_out, self.tokenizer.vocab_size))
+
+    def score(self, token_ids: list[int], start: int) -> np.ndarray:
+        """Logits [len - start, V] at positions start.. of token_ids decoded alone in one batch (for measurement
+        scripts: it clears the whole KV cache, so never while the engine serves)."""
+        n = len(token_ids)
+        if not 0 < start < n <= len(self._tokens):
+            raise ValueError(f"score needs 0 < start < len(token_ids) <= {len(self._tokens)}")
+        C.llama_memory_clear(self._memory, True)
+        self._tokens[:n], self._pos[:n], self._seq_ids[:n] = token_ids, np.arange(n), 0
+        self._logits[:n] = np.arange(n) >= start
+        self._batch.n_tokens = n
+        if C.llama_decode(self.ctx, self._batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        return np.ctypeslib.as_array(C.llama_get_logits(self.ctx), shape=(n - start, self.tokenizer.vocab_size))
 
     def trim(self, slot: int, keep: int) -> None:
         C.llama_memory_seq_rm(self._memory, slot, keep, -1)
