@@ -83,28 +83,13 @@ def server_commands(args) -> dict[str, tuple[list[str], str]]:
     # The same slots, KV cells and threads as slmserve; batch sizes stay llama-server's own defaults.
     peer = ["-np", str(settings.max_running), "-c", str(settings.kv_cells("llama.cpp")), "-t", threads, "-tb", threads,
             "--no-webui", "--log-disable"]  # fmt: skip
+    lcp = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled)]
+    lcp += f"--n_ctx 8192 --n_threads {threads} --n_threads_batch {threads} --verbose false".split()
     commands = {
         "slmserve": (slm, "/health"),
         "slmserve-original": ([*slm, "--weights", "original"], "/health"),
         "slmserve-torch": ([*slm, "--engine", "torch", "--device", args.torch_device], "/health"),
-        "llama-cpp-python": (
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(bundled),
-                "--n_ctx",
-                "8192",
-                "--n_threads",
-                threads,
-                "--n_threads_batch",
-                threads,
-                "--verbose",
-                "false",
-            ],
-            "/v1/models",
-        ),  # fmt: skip
+        "llama-cpp-python": (lcp, "/v1/models"),
     }
     for variant in args.variant:  # NAME=FLAGS: slmserve with other settings, e.g. ctx2048="--ctx-size 65536"
         name, _, flags = variant.partition("=")
