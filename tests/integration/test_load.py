@@ -149,6 +149,7 @@ def test_prompt_that_does_not_fit_is_a_400_naming_the_token_counts(server, words
     err = r.json()["error"]
     assert err["code"] == "context_length_exceeded" and err["type"] == "invalid_request_error"
     assert re.search(pattern, err["message"]), err["message"]
+    assert all(flag in err["message"] for flag in ("--ctx-size", "--max-running", "--kv-unified"))  # how to get more
 
 
 def test_without_max_tokens_the_answer_may_use_the_rest_of_the_context(tiny_server):

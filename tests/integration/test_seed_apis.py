@@ -166,8 +166,11 @@ def test_slm_lifecycle_load_generate_unload_and_stream_loads_again(own_server):
     assert g["settings"] == {"max_new_tokens": 20, "temperature": 0.7, "do_sample": False}
     assert httpx.post(f"{s.url}/slm/unload").json() == {"success": True, "message": "Model unloaded successfully"}
     assert httpx.get(f"{s.url}/slm/info").json()["model_loaded"] is False
-    assert httpx.get(f"{s.url}/health").status_code == 503
+    assert httpx.get(f"{s.url}/health").json()["status"] == "unloaded"
     assert post(s, "/infer", HELPFUL).status_code == 503
+    r = post(s, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_unloaded"  # not "still loading"
+    assert "/slm/load" in r.json()["error"]["message"]
     events = sse_events(s, "/slm/stream", {"prompt": "Write a short story about a robot", "max_new_tokens": 12})
     statuses = [e.get("status") for e in events if "status" in e]
     assert statuses[:3] == ["Loading SLM model...", "Model loaded on cpu", "Generating response..."]

@@ -21,10 +21,11 @@ def test_health_is_503_with_the_reason_when_the_model_cannot_load(tmp_path):
         r = client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "error"
         assert "missing.gguf" in r.json()["error"]
-        # API calls say the model is not ready, in OpenAI's shape, with a hint to retry.
+        # API calls say what is true, in OpenAI's shape: the load failed, and why; retrying will not help.
         r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
-        assert r.headers["retry-after"] == "1"
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_load_failed"
+        assert "could not be loaded" in r.json()["error"]["message"] and "missing.gguf" in r.json()["error"]["message"]
+        assert "retry-after" not in r.headers
 
 
 def test_a_file_that_is_not_a_gguf_is_refused_readably(tmp_path):

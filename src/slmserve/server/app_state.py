@@ -42,6 +42,16 @@ class AppState:
         self.model, self.load_error = model, None
 
     @property
+    def status(self) -> str:
+        """healthy, loading, error (the last load failed) or unloaded."""
+        if self.serving is not None:
+            return "healthy"
+        return "loading" if self.loading else ("error" if self.load_error else "unloaded")
+
+    def not_ready(self) -> errors.APIError:
+        return errors.not_ready(self.status, self.load_error)
+
+    @property
     def num_running(self) -> int:
         return self.engine.num_running if self.engine else 0
 
@@ -140,8 +150,8 @@ def get_state(request: Request) -> AppState:
 
 
 def get_serving(request: Request) -> Serving:
-    """The serving object, or 503 while the model is still loading."""
-    serving = get_state(request).serving
-    if serving is None:
-        raise errors.not_ready()
-    return serving
+    """The serving object, or a 503 saying why there is none (loading, failed, unloaded)."""
+    state = get_state(request)
+    if state.serving is None:
+        raise state.not_ready()
+    return state.serving

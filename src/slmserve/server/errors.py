@@ -71,6 +71,10 @@ def context_too_long(prompt_tokens: int, max_tokens: int, limit: int) -> APIErro
             f"The prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is {prompt_tokens + max_tokens} "
             f"tokens; this model's context holds at most {limit}. Shorten the prompt or lower max_tokens."
         )
+    message += (
+        " The server gives each request --ctx-size / --max-running tokens: start it with a larger --ctx-size, "
+        "fewer --max-running slots, or --kv-unified (one shared buffer) for longer requests."
+    )
     return APIError(400, message, param="messages", code="context_length_exceeded")
 
 
@@ -87,8 +91,13 @@ def blocked_content() -> APIError:
     return APIError(400, content_filter.REFUSAL, code="content_filter")
 
 
-def not_ready() -> APIError:
-    return APIError(503, "The model is still loading.", code="model_loading", headers={"Retry-After": "1"})
+def not_ready(status: str, load_error: str | None = None) -> APIError:
+    """503 saying why no model serves: loading (retry soon), load failed (the reason), or unloaded."""
+    if status == "loading":
+        return APIError(503, "The model is still loading.", code="model_loading", headers={"Retry-After": "1"})
+    if status == "error":
+        return APIError(503, f"The model could not be loaded: {load_error}", code="model_load_failed")
+    return APIError(503, "No model is loaded: it was unloaded. POST /slm/load loads it again.", code="model_unloaded")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -119,7 +119,7 @@ async def slm_generate(state: AppState, req: sd.SlmGenerateRequest) -> dict:
     await state.load()
     serving = state.serving
     if serving is None:
-        raise errors.not_ready()
+        raise state.not_ready()
     prompt, ids = chat_ids(serving, "", req.prompt)
     choice = (await serving.collect(ids, slm_params(serving, req, len(ids)), 1, state.slm_adapter))[0]
     return {
@@ -141,7 +141,7 @@ async def slm_stream(state: AppState, req: sd.SlmGenerateRequest) -> AsyncIterat
             yield sse({"status": f"Model loaded on {state.model.device}"})
         serving = state.serving
         if serving is None:
-            raise errors.not_ready()
+            raise state.not_ready()
         _, ids = chat_ids(serving, "", req.prompt)
         params = slm_params(serving, req, len(ids))
         yield sse({"status": "Generating response..."})

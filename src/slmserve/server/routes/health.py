@@ -18,8 +18,7 @@ async def health(request: Request) -> JSONResponse:
     device = state.model.device if state.model else "cpu"
     body = {"model": state.settings.model_name, "device": device.upper(), "cuda_available": device.startswith("cuda")}
     if state.serving is None:
-        status = "loading" if state.loading else ("error" if state.load_error else "unloaded")
-        return JSONResponse({"status": status, "error": state.load_error, **body}, status_code=503)
+        return JSONResponse({"status": state.status, "error": state.load_error, **body}, status_code=503)
     return JSONResponse({"status": "healthy", **body})
 
 
