@@ -150,12 +150,7 @@ class LlamaCppRunner:
             n = end
         if n == 0:
             return np.empty((0, self.tokenizer.vocab_size), dtype=np.float32)
-        self._batch.n_tokens = n
-        rc = C.llama_decode(self.ctx, self._batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
-        n_out = int(self._logits[:n].sum())
-        return np.ctypeslib.as_array(C.llama_get_logits(self.ctx), shape=(n_out, self.tokenizer.vocab_size))
+        return self._decode(n)
 
     def score(self, token_ids: list[int], start: int) -> np.ndarray:
         """Logits [len - start, V] at positions start.. of token_ids decoded alone in one batch (for measurement
@@ -166,10 +161,17 @@ class LlamaCppRunner:
         C.llama_memory_clear(self._memory, True)
         self._tokens[:n], self._pos[:n], self._seq_ids[:n] = token_ids, np.arange(n), 0
         self._logits[:n] = np.arange(n) >= start
+        return self._decode(n)
+
+    def _decode(self, n: int) -> np.ndarray:
+        """llama_decode the first n tokens of the batch arrays; logits [rows with a logits flag, V], a view of
+        llama.cpp's buffer, valid until the next decode."""
         self._batch.n_tokens = n
-        if C.llama_decode(self.ctx, self._batch) != 0:
-            raise RuntimeError("llama_decode failed")
-        return np.ctypeslib.as_array(C.llama_get_logits(self.ctx), shape=(n - start, self.tokenizer.vocab_size))
+        rc = C.llama_decode(self.ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
+        rows = int(self._logits[:n].sum())
+        return np.ctypeslib.as_array(C.llama_get_logits(self.ctx), shape=(rows, self.tokenizer.vocab_size))
 
     def trim(self, slot: int, keep: int) -> None:
         C.llama_memory_seq_rm(self._memory, slot, keep, -1)
