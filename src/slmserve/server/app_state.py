@@ -77,7 +77,7 @@ class AppState:
                 loaded = await asyncio.to_thread(load_model, self.settings)
             except (FileNotFoundError, ValueError) as exc:
                 self.load_error = str(exc)
-                raise errors.APIError(503, f"could not load the model: {exc}", code="model_load_failed") from exc
+                raise errors.not_ready("error", self.load_error) from exc
             finally:
                 self.loading = False
             self.attach(loaded)

@@ -17,9 +17,9 @@ async def health(request: Request) -> JSONResponse:
     state = get_state(request)
     device = state.model.device if state.model else "cpu"
     body = {"model": state.settings.model_name, "device": device.upper(), "cuda_available": device.startswith("cuda")}
-    if state.serving is None:
+    if state.status != "healthy":
         return JSONResponse({"status": state.status, "error": state.load_error, **body}, status_code=503)
-    return JSONResponse({"status": "healthy", **body})
+    return JSONResponse({"status": state.status, **body})
 
 
 @router.get("/metrics")
