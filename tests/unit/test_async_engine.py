@@ -4,9 +4,10 @@ import asyncio
 
 import pytest
 
-from slmserve.engine.async_engine import AsyncEngine, EngineDeadError, EngineStepError
+from slmserve.engine.async_engine import AdapterInUseError, AsyncEngine, EngineDeadError, EngineStepError
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import QueueFullError
+from slmserve.server.engine_client import EngineClient
 from tests.fakes import ScriptedRunner, make_engine
 
 
@@ -24,9 +25,10 @@ class FlakyRunner(ScriptedRunner):
         return super().run(batch)
 
 
-async def text(engine: AsyncEngine, prompt: list[int], max_tokens: int = 50, **kw) -> str:
+async def text(engine: AsyncEngine, prompt: list[int], max_tokens: int = 50, adapter=None, **kw) -> str:
     out = ""
-    async for o in engine.generate(prompt, SamplingParams(temperature=0, max_tokens=max_tokens, **kw)):
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, **kw)
+    async for o in engine.generate(prompt, params, adapter=adapter):
         out += o.text
     return out
 
@@ -92,3 +94,39 @@ def test_queue_full_and_shutdown_are_reported_to_callers():
             await text(engine, [1])
 
     asyncio.run(main())
+
+
+class AdapterRunner(ScriptedRunner):
+    """A runner that holds LoRA adapters by name, as the torch runner does."""
+
+    def __init__(self) -> None:
+        super().__init__(script=b"x" * 10_000)
+        self.adapters: dict[str, str] = {}
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self.adapters[name] = path
+
+    def unload_adapter(self, name: str) -> None:
+        del self.adapters[name]
+
+
+def test_the_in_process_engine_is_an_engine_client_and_refuses_to_unload_an_adapter_in_use():
+    async def main():
+        runner = AdapterRunner()
+        engine = AsyncEngine(make_engine(runner))
+        assert isinstance(engine, EngineClient)
+        try:
+            await engine.load_adapter("pirate", "/adapters/pirate")
+            task = asyncio.create_task(text(engine, [1], max_tokens=10**9, ignore_eos=True, adapter="pirate"))
+            await wait_for(lambda: engine.num_running == 1)
+            with pytest.raises(AdapterInUseError, match="in use by 1 request"):
+                await engine.unload_adapter("pirate")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await wait_for(lambda: engine.num_running == 0)
+            await engine.unload_adapter("pirate")
+            return runner.adapters
+        finally:
+            engine.shutdown()
+
+    assert asyncio.run(main()) == {}

@@ -31,6 +31,10 @@ class EngineStepError(RuntimeError):
     """A step failed; the requests it carried were ended. The engine goes on serving."""
 
 
+class AdapterInUseError(RuntimeError):
+    """An adapter cannot be unloaded while requests run with it."""
+
+
 @dataclass
 class _Sink:
     """Where one request's outputs go: its asyncio queue, filled on the event loop's thread."""
@@ -89,6 +93,10 @@ class AsyncEngine:
     def num_waiting(self) -> int:
         return len(self.engine.scheduler.waiting) + self._submitted - self._applied
 
+    @property
+    def max_waiting(self) -> int:
+        return self.engine.scheduler.max_waiting
+
     def shutdown(self) -> None:
         """Stop the engine thread; requests still in flight get EngineDeadError."""
         self._commands.put(None)
@@ -111,6 +119,22 @@ class AsyncEngine:
         self._commands.put(_Call(fn, done))
         return await future
 
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter into the runner between two steps, so requests in flight are not disturbed."""
+        await self.call(lambda: self.engine.runner.load_adapter(name, path))
+
+    async def unload_adapter(self, name: str) -> None:
+        """Unload an adapter no request uses; AdapterInUseError while some do."""
+
+        def unload() -> None:  # on the engine thread, so no request can start using it meanwhile
+            users = [s for s in self.engine.requests.values() if s.adapter == name]
+            if users:
+                raise AdapterInUseError(f"adapter {name!r} is in use by {len(users)} request(s); retry when done")
+            self.engine.scheduler.drop_caches(name)
+            self.engine.runner.unload_adapter(name)
+
+        await self.call(unload)
+
     async def generate(
         self,
         prompt_token_ids: list[int],
@@ -121,7 +145,7 @@ class AsyncEngine:
         """Yield the request's outputs until it finishes. Raises QueueFullError at once when over capacity."""
         if self._error is not None:
             raise self._error
-        if self.num_waiting >= self.engine.scheduler.max_waiting:
+        if self.num_waiting >= self.max_waiting:
             raise QueueFullError(f"{self.num_waiting} requests are already waiting")
         request_id = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from fastapi import Request
 
-from slmserve.engine.async_engine import AsyncEngine
+from slmserve.engine.async_engine import AdapterInUseError, AsyncEngine
 from slmserve.engine.loader import LoadedModel, load_model
 from slmserve.server import errors
 from slmserve.server.content_filter import ContentFilter
+from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.serving import Serving
 from slmserve.settings import Settings
@@ -24,7 +25,7 @@ class AppState:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     model: LoadedModel | None = None
-    engine: AsyncEngine | None = None
+    engine: EngineClient | None = None
     serving: Serving | None = None
     load_error: str | None = None
     loading: bool = False
@@ -121,7 +122,7 @@ class AppState:
         if name == model.name or name in model.adapters:
             raise errors.APIError(409, f"the name {name!r} is already taken; unload it or give another lora_name")
         try:
-            await self.engine.call(lambda: model.runner.load_adapter(name, str(folder)))
+            await self.engine.load_adapter(name, str(folder))
         except ValueError as exc:
             raise errors.APIError(400, str(exc), param="lora_path") from exc
         self.slm_adapter = name
@@ -132,15 +133,10 @@ class AppState:
         model = self.model
         if model is None or name not in model.adapters:
             raise errors.APIError(404, f"no LoRA adapter named {name!r} is loaded", code="lora_not_found")
-
-        def unload() -> None:  # on the engine thread
-            users = [s for s in model.engine.requests.values() if s.adapter == name]
-            if users:
-                raise errors.APIError(409, f"adapter {name!r} is in use by {len(users)} request(s); retry when done")
-            model.engine.scheduler.drop_caches(name)
-            model.runner.unload_adapter(name)
-
-        await self.engine.call(unload)
+        try:
+            await self.engine.unload_adapter(name)
+        except AdapterInUseError as exc:
+            raise errors.APIError(409, str(exc)) from exc
         if self.slm_adapter == name:
             self.slm_adapter = None
 

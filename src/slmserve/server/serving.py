@@ -16,13 +16,13 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from slmserve.engine.async_engine import AsyncEngine
 from slmserve.engine.engine import RequestOutput
 from slmserve.engine.loader import LoadedModel
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import errors
 from slmserve.server.content_filter import ContentFilter
+from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.protocol import openai as oa
 from slmserve.settings import Settings
@@ -61,7 +61,7 @@ class Serving:
     def __init__(
         self,
         model: LoadedModel,
-        engine: AsyncEngine,
+        engine: EngineClient,
         metrics: Metrics,
         settings: Settings,
         content_filter: ContentFilter,
@@ -127,7 +127,7 @@ class Serving:
 
     def admit(self, n: int) -> None:
         """Refuse up front (429) when n more requests would overflow the waiting queue."""
-        if self.engine.num_waiting + n > self.engine.engine.scheduler.max_waiting:
+        if self.engine.num_waiting + n > self.engine.max_waiting:
             self.metrics.rejected.inc()
             raise errors.queue_full(self.retry_after)
 
