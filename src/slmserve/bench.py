@@ -28,6 +28,7 @@ class BenchConfig:
     model: str | None
     prompt: str
     label: str
+    response_format: dict | None = None  # e.g. a json_schema: every request decodes under its grammar
 
     def requests_for(self, concurrency: int) -> int:
         return self.requests or max(8, 2 * concurrency)
@@ -77,6 +78,8 @@ def _body(config: BenchConfig) -> dict:
     }
     if config.model:
         body["model"] = config.model
+    if config.response_format:
+        body["response_format"] = config.response_format
     if config.ignore_eos:
         body["ignore_eos"] = True
         body["logit_bias"] = {str(t): -100 for t in config.eos_token_ids}

@@ -123,10 +123,16 @@ def bench(
     model: Annotated[str | None, typer.Option(help="Model name to send (default: the server's first).")] = None,
     prompt: Annotated[str, typer.Option(help="The user message of every request.")] = "Tell me a story about a cat.",
     label: Annotated[str, typer.Option(help="Name of the server under test, for the report.")] = "server",
+    response_format: Annotated[
+        str | None, typer.Option(help="A response_format for every request: JSON, or @FILE holding it.")
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
     """Load-test a server: aggregate tokens/s, TTFT, inter-token latency, latency, errors, per concurrency."""
     from slmserve.bench import BenchConfig, print_report, run_bench, write_json
+
+    if response_format and response_format.startswith("@"):
+        response_format = Path(response_format[1:]).read_text()
 
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     config = BenchConfig(
@@ -139,6 +145,7 @@ def bench(
         model=model,
         prompt=prompt,
         label=label,
+        response_format=json.loads(response_format) if response_format else None,
     )
     results = asyncio.run(run_bench(config))
     print_report(config, results)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from slmserve.engine.engine import Engine, RequestOutput, UnknownAdapterError
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import QueueFullError
+from slmserve.engine.structured import Constraint
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class _Add:
     prompt_token_ids: list[int]
     params: SamplingParams
     adapter: str | None
+    constraint: Constraint | None
     sink: _Sink
 
 
@@ -148,11 +150,13 @@ class AsyncEngine:
         if self.num_waiting >= self.max_waiting:
             raise QueueFullError(f"{self.num_waiting} requests are already waiting")
         request_id = request_id or uuid.uuid4().hex
+        # The grammar compiles here, off the engine thread, so a large one never stalls a step.
+        constraint = await asyncio.to_thread(self.engine.grammars.matcher, params.grammar) if params.grammar else None
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
         self._submitted += 1
-        self._commands.put(_Add(request_id, prompt_token_ids, params, adapter, _Sink(loop, outputs)))
+        self._commands.put(_Add(request_id, prompt_token_ids, params, adapter, constraint, _Sink(loop, outputs)))
         finished = False
         try:
             while not finished:
@@ -229,7 +233,7 @@ class AsyncEngine:
             return
         self._applied += 1
         try:
-            self.engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, cmd.adapter)
+            self.engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, cmd.adapter, cmd.constraint)
         except (QueueFullError, ValueError, UnknownAdapterError) as exc:
             cmd.sink(exc)
             return

@@ -11,6 +11,7 @@ from slmserve.engine.detokenizer import Detokenizer
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs, make_rng, sample
 from slmserve.engine.scheduler import Batch, Scheduler
 from slmserve.engine.sequence import Sequence
+from slmserve.engine.structured import Constraint, Grammars, MaskFiller, allowed_tokens
 
 
 class UnknownAdapterError(LookupError):
@@ -63,15 +64,26 @@ class Engine:
         self.tokenizer = runner.tokenizer
         self.scheduler = Scheduler(max_running, max_waiting, token_budget, kv_capacity)
         self.requests: dict[str, Sequence] = {}
+        self.grammars = Grammars(self.tokenizer)
+        self._masks = MaskFiller()
 
     @property
     def has_work(self) -> bool:
         return self.scheduler.has_work
 
     def add_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        adapter: str | None = None,
+        constraint: Constraint | None = None,
     ) -> None:
-        """Queue a request. Raises QueueFullError when the waiting queue is at its limit."""
+        """Queue a request. Raises QueueFullError when the waiting queue is at its limit.
+
+        A request with params.grammar needs its compiled constraint: given (AsyncEngine compiles it off this
+        thread), or compiled here (GrammarError when it does not compile).
+        """
         if adapter is not None and adapter not in getattr(self.runner, "adapters", {}):
             raise UnknownAdapterError(f"The model '{adapter}' does not exist: its LoRA adapter was unloaded")
         if request_id in self.requests:
@@ -83,6 +95,7 @@ class Engine:
             Detokenizer(self.tokenizer.token_bytes, params.stop),
             make_rng(params.seed),
             adapter,
+            constraint or (self.grammars.matcher(params.grammar) if params.grammar else None),
         )
         self.scheduler.add(seq)
         self.requests[request_id] = seq
@@ -109,18 +122,33 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """One scheduling round: at most one llama_decode, then one new token per sampling sequence."""
         batch = self.scheduler.schedule()
+        masks = self._start_masks(batch)
         logits = self.runner.run(batch)
-        return self._postprocess(batch, logits)
+        return self._postprocess(batch, logits, masks)
 
-    def _postprocess(self, batch: Batch, logits: np.ndarray) -> list[RequestOutput]:
+    def _start_masks(self, batch: Batch):
+        """Begin the grammar masks of the constrained sequences that sample this step: (row by seq, future)."""
+        seqs = [c.seq for c in batch.chunks if c.seq.constraint is not None and c.needs_logits]
+        if not seqs:
+            return None
+        return {seq: row for row, seq in enumerate(seqs)}, self._masks.start([s.constraint for s in seqs], self.vocab)
+
+    @property
+    def vocab(self) -> int:
+        return self.grammars.vocab_size
+
+    def _postprocess(self, batch: Batch, logits: np.ndarray, masks=None) -> list[RequestOutput]:
+        rows, bitmask = (masks[0], masks[1].result()) if masks else ({}, None)
         outputs = []
         for row, chunk in enumerate(self.scheduler.postprocess(batch)):
-            outputs.append(self._append_token(chunk.seq, logits[row]))
+            mask_row = rows.get(chunk.seq)
+            allowed = None if mask_row is None else allowed_tokens(bitmask[mask_row], logits.shape[1])
+            outputs.append(self._append_token(chunk.seq, logits[row], allowed))
         return outputs
 
-    def _append_token(self, seq: Sequence, logits: np.ndarray) -> RequestOutput:
+    def _append_token(self, seq: Sequence, logits: np.ndarray, allowed: np.ndarray | None = None) -> RequestOutput:
         params = seq.params
-        token, lp = sample(logits, params, seq.rng, seq.prompt_token_ids, seq.output_token_ids)
+        token, lp = sample(logits, params, seq.rng, seq.prompt_token_ids, seq.output_token_ids, allowed)
         seq.output_token_ids.append(token)
         lps = [lp] if lp is not None else []
         if token in params.stop_token_ids or (token in self.tokenizer.eog_token_ids and not params.ignore_eos):
@@ -128,9 +156,17 @@ class Engine:
         text = seq.detokenizer.push(token)
         if seq.detokenizer.stop_reason is not None:
             return self._finish(seq, "stop", text, [token], lps)
+        if seq.constraint is not None and self._grammar_done(seq, token):
+            return self._finish(seq, "stop", text + seq.detokenizer.flush(), [token], lps)
         if seq.num_output_tokens >= params.max_tokens:
             return self._finish(seq, "length", text + seq.detokenizer.flush(), [token], lps)
         return self._output(seq, text, [token], lps)
+
+    @staticmethod
+    def _grammar_done(seq: Sequence, token: int) -> bool:
+        """Feed the token to the grammar: True when the grammar is complete, or refused it (then the output so
+        far is all the request gets; it cannot happen when the mask was applied)."""
+        return not seq.constraint.accept(token) or seq.constraint.finished
 
     def _finish(
         self, seq: Sequence, reason: str, text: str, tokens: list[int], lps: list[TokenLogprobs]

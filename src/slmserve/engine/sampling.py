@@ -32,6 +32,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k: the chosen token's logprob and the k most likely
+    grammar: str | None = None  # an llguidance grammar (engine/structured.py) the output must match
 
     def __post_init__(self) -> None:
         checks = [
@@ -122,11 +123,18 @@ def sample(
     rng: np.random.Generator,
     prompt_ids: list[int],
     output_ids: list[int],
+    allowed: np.ndarray | None = None,
 ) -> tuple[int, TokenLogprobs | None]:
-    """Choose the next token from one row of logits [V]. temperature 0 is argmax; raw_logits is not modified."""
+    """Choose the next token from one row of logits [V]. temperature 0 is argmax; raw_logits is not modified.
+
+    allowed [V] bool, from a grammar, rules the other tokens out before any other processing. Logprobs are
+    the model's own, from raw_logits.
+    """
     logits = raw_logits
+    if allowed is not None:
+        logits = np.where(allowed, raw_logits, np.float32(-np.inf))
     if params.logit_bias or params.needs_history:
-        logits = apply_penalties(raw_logits.astype(np.float32, copy=True), params, prompt_ids, output_ids)
+        logits = apply_penalties(logits.astype(np.float32, copy=allowed is None), params, prompt_ids, output_ids)
     if params.greedy:
         token = int(np.argmax(logits))
     else:

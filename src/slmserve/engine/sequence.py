@@ -5,11 +5,15 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from slmserve.engine.detokenizer import Detokenizer
 from slmserve.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from slmserve.engine.structured import Constraint
 
 
 class Status(enum.Enum):
@@ -28,6 +32,7 @@ class Sequence:
     detokenizer: Detokenizer
     rng: np.random.Generator
     adapter: str | None = None  # the LoRA adapter this request runs with (torch engine); None: the base model
+    constraint: Constraint | None = None  # the grammar its output must match (params.grammar, compiled)
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0

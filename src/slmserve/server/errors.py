@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from slmserve.engine.async_engine import EngineDeadError, EngineStepError
 from slmserve.engine.engine import UnknownAdapterError
 from slmserve.engine.scheduler import QueueFullError
+from slmserve.engine.structured import GrammarError
 from slmserve.server import content_filter
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,12 @@ def queue_full(retry_after: int) -> APIError:
     )
 
 
+def invalid_grammar(reason: str) -> APIError:
+    return APIError(
+        400, f"response_format cannot be followed: {reason}", param="response_format", code="invalid_grammar"
+    )
+
+
 def blocked_content() -> APIError:
     return APIError(400, content_filter.REFUSAL, code="content_filter")
 
@@ -153,6 +160,10 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(UnknownAdapterError)
     async def _adapter(request: Request, exc: UnknownAdapterError) -> JSONResponse:
         return respond(request, APIError(404, str(exc), param="model", code="model_not_found"))
+
+    @app.exception_handler(GrammarError)
+    async def _grammar(request: Request, exc: GrammarError) -> JSONResponse:
+        return respond(request, invalid_grammar(str(exc)))
 
     @app.exception_handler(EngineStepError)
     async def _step(request: Request, exc: EngineStepError) -> JSONResponse:

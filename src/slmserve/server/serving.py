@@ -20,6 +20,7 @@ from slmserve.engine.engine import RequestOutput
 from slmserve.engine.loader import LoadedModel
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs
 from slmserve.engine.scheduler import QueueFullError
+from slmserve.engine.structured import GrammarError, check_grammar, grammar_from
 from slmserve.server import errors
 from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
@@ -28,6 +29,9 @@ from slmserve.server.protocol import openai as oa
 from slmserve.settings import Settings
 
 T = TypeVar("T")
+
+# A grammar that takes longer than this to check is refused (llguidance's fuel limits bound it as well).
+GRAMMAR_CHECK_SECONDS = 2.0
 
 
 @dataclass
@@ -86,7 +90,9 @@ class Serving:
             return name
         raise errors.model_not_found(name, [self.model.name, *self.model.adapters])
 
-    def sampling_params(self, req: oa.SamplingFields, prompt_len: int, logprobs: int | None) -> SamplingParams:
+    def sampling_params(
+        self, req: oa.SamplingFields, prompt_len: int, logprobs: int | None, grammar: str | None = None
+    ) -> SamplingParams:
         """An OpenAI request's sampling fields, checked; raises APIError (400) naming the problem."""
         try:
             bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
@@ -109,6 +115,7 @@ class Serving:
             stop=req.stop_list,
             ignore_eos=req.ignore_eos,
             logprobs=logprobs,
+            grammar=grammar,
         )
 
     def build_params(self, prompt_len: int, max_tokens: int | None, **fields) -> SamplingParams:
@@ -124,6 +131,23 @@ class Serving:
             return SamplingParams(max_tokens=max_tokens, **fields)
         except ValueError as exc:
             raise errors.APIError(400, str(exc)) from exc
+
+    async def grammar(self, fmt: oa.ResponseFormat | None) -> str | None:
+        """The grammar a response_format asks for (None for text); 400 naming the problem when it does not compile."""
+        if fmt is None or fmt.type == "text":
+            return None
+        value = fmt.json_schema.schema_ if fmt.type == "json_schema" else getattr(fmt, fmt.type, None)
+        try:
+            grammar = grammar_from(fmt.type, value)
+            await asyncio.wait_for(asyncio.to_thread(check_grammar, grammar), GRAMMAR_CHECK_SECONDS)
+        except GrammarError as exc:
+            raise errors.APIError(
+                400, f"response_format: {exc}", param="response_format", code="invalid_grammar"
+            ) from exc
+        except asyncio.TimeoutError as exc:
+            message = f"response_format: the grammar took over {GRAMMAR_CHECK_SECONDS:g} s to compile; simplify it"
+            raise errors.APIError(400, message, param="response_format", code="invalid_grammar") from exc
+        return grammar
 
     def admit(self, n: int) -> None:
         """Refuse up front (429) when n more requests would overflow the waiting queue."""
@@ -243,6 +267,9 @@ async def sse_stream(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
             yield sse(chunk)
     except QueueFullError:
         yield sse(errors.error_body(429, errors.AT_CAPACITY, code="rate_limit_exceeded"))
+    except GrammarError as exc:
+        refused = errors.invalid_grammar(str(exc))
+        yield sse(errors.error_body(refused.status, refused.message, refused.param, refused.code))
     except errors.APIError as exc:
         yield sse(errors.error_body(exc.status, exc.message, exc.param, exc.code))
     except RuntimeError as exc:

@@ -20,7 +20,7 @@ async def create_chat_completion(
     # The template writes any BOS itself, as Hugging Face's apply_chat_template does.
     prompt_ids = serving.model.tokenizer.encode(prompt, add_special=False)
     top = (req.top_logprobs or 0) if req.logprobs else None
-    params = serving.sampling_params(req, len(prompt_ids), top)
+    params = serving.sampling_params(req, len(prompt_ids), top, await serving.grammar(req.response_format))
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         stream = serving.stream_choices(prompt_ids, params, req.n, adapter)

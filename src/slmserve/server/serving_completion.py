@@ -32,7 +32,8 @@ async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.C
     texts = [req.prompt] if isinstance(req.prompt, str) else [p for p in req.prompt if isinstance(p, str)]
     serving.check_content(*texts)
     prompts = _prompts(serving, req.prompt)
-    params = [serving.sampling_params(req, len(ids), req.logprobs) for ids in prompts]
+    grammar = await serving.grammar(req.response_format)
+    params = [serving.sampling_params(req, len(ids), req.logprobs, grammar) for ids in prompts]
     serving.admit(len(prompts) * req.n)
     echo = [serving.model.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
     if req.stream:

@@ -20,6 +20,30 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None  # the output always matches the schema; strict or not makes no difference here
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format, plus two extras: {"type": "regex", "regex": ...} and {"type": "lark", "lark": ...}."""
+
+    type: Literal["text", "json_object", "json_schema", "regex", "lark"]
+    json_schema: JsonSchemaFormat | None = None
+    regex: str | None = None
+    lark: str | None = None
+
+    @model_validator(mode="after")
+    def _has_its_value(self) -> ResponseFormat:
+        if self.type in ("json_schema", "regex", "lark") and getattr(self, self.type) is None:
+            raise ValueError(f"response_format of type {self.type!r} needs the field {self.type!r}")
+        return self
+
+
 class SamplingFields(BaseModel):
     """Fields shared by chat and text completions."""
 
@@ -43,6 +67,7 @@ class SamplingFields(BaseModel):
     min_p: float = Field(0.0, ge=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0, le=10)
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
 
     @property
     def stop_list(self) -> list[str]:
