@@ -1,4 +1,4 @@
-"""Structured outputs (response_format) against a live server on the bundled model, with the official client.
+"""Structured outputs (response_format) and tool calls against a live server on the bundled model, official client.
 
 tests/torch_engine/test_structured.py runs these same tests on the torch engine.
 """
@@ -141,6 +141,7 @@ def test_json_object_regex_and_lark(client, model, server):
         ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}, "Invalid type"),
         ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nope"}}}, "does not exist"),
         ({"type": "regex", "regex": "(a"}, "unclosed group"),
+        ({"type": "json_schema", "json_schema": {"schema": {"type": "integer", "minimum": 5, "maximum": 2}}}, "minimum"),
         ({"type": "yaml"}, "response_format"),
         ({"type": "json_schema"}, "needs the field 'json_schema'"),
     ],
@@ -152,3 +153,127 @@ def test_a_format_that_cannot_be_followed_is_a_400_naming_it(server, response_fo
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert says in error["message"] and error["param"].startswith("response_format")
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Get the current time in a timezone",
+        "parameters": {
+            "type": "object",
+            "properties": {"timezone": {"type": "string", "maxLength": 40}},
+            "required": ["timezone"],
+            "additionalProperties": False,
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def calls_of(message) -> list[tuple[str, dict]]:
+    """(name, arguments) of each call, checked against the tools' schemas."""
+    out = []
+    for call in message.tool_calls or []:
+        args = json.loads(call.function.arguments)
+        assert call.type == "function" and call.id.startswith("call_")
+        if call.function.name == "get_weather":
+            assert isinstance(args["city"], str) and set(args) <= {"city", "unit"}
+        else:
+            assert call.function.name == "get_time" and isinstance(args["timezone"], str) and set(args) == {"timezone"}
+        out.append((call.function.name, args))
+    return out
+
+
+def streamed_calls(stream) -> tuple[str, list[tuple[str, dict]], str]:
+    """Content, calls and finish_reason put back together from OpenAI's streamed deltas."""
+    content, calls, finish = "", {}, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for tc in delta.tool_calls or []:
+            if tc.id:  # a call's first delta: id, type and name, in OpenAI's shape
+                assert tc.type == "function" and tc.function.name and tc.index == len(calls)
+                calls[tc.index] = [tc.function.name, tc.function.arguments or ""]
+            else:
+                calls[tc.index][1] += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    return content, [(name, json.loads(args)) for name, args in calls.values()], finish
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "names"),
+    [
+        ("required", {"get_weather", "get_time"}),
+        ({"type": "function", "function": {"name": "get_time"}}, {"get_time"}),
+    ],
+)
+def test_required_and_named_tool_choice_answer_with_valid_calls_streamed_or_not(client, model, tool_choice, names):
+    body = dict(
+        model=model, messages=ASK, tools=[WEATHER, CLOCK], tool_choice=tool_choice, temperature=0, max_tokens=200
+    )
+    r = client.chat.completions.create(**body)
+    choice = r.choices[0]
+    calls = calls_of(choice.message)
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert calls and {name for name, _ in calls} <= names and len(calls) <= 2  # at most one call per tool
+    content, streamed, finish = streamed_calls(client.chat.completions.create(**body, stream=True))
+    assert (content, streamed, finish) == ("", calls, "tool_calls")
+
+
+def test_auto_and_none_and_a_tool_result_round_trip(client, model):
+    for tool_choice in ("auto", "none"):
+        body = dict(model=model, messages=ASK, tools=[WEATHER], tool_choice=tool_choice, temperature=0, max_tokens=40)
+        message = client.chat.completions.create(**body).choices[0].message
+        calls = calls_of(message)
+        assert bool(message.content) != bool(calls)  # text or calls, never both, never neither
+        assert tool_choice == "auto" or not calls
+        content, streamed, _ = streamed_calls(client.chat.completions.create(**body, stream=True))
+        assert (content or None, streamed) == (message.content, calls)
+    history = ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees celsius and sunny"},
+    ]  # fmt: skip
+    r = client.chat.completions.create(model=model, messages=history, tools=[WEATHER], temperature=0, max_tokens=40)
+    assert r.choices[0].message.content or calls_of(r.choices[0].message)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "says"),
+    [
+        ({"tool_choice": "required"}, "tool_choice", "tool_choice needs tools"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "nope",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objet"}}}]},
+            "tools",
+            "Invalid type",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools", "pattern"),
+    ],
+)
+def test_tools_that_cannot_be_honoured_are_400s(server, fields, param, says):
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": ASK, **fields})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert says in error["message"] and error["param"].startswith(param)

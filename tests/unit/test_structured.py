@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from slmserve.engine.sampling import SamplingParams
-from slmserve.engine.structured import GrammarError, check_grammar, grammar_from
+from slmserve.engine.structured import GrammarError, grammar_from
 from tests.fakes import ScriptedRunner, make_engine, run_all
 
 SCHEMA = {
@@ -91,10 +91,7 @@ def test_logprobs_are_the_models_own_not_the_masked_ones():
 )
 def test_a_bad_grammar_is_refused_with_the_reason(kind, value, reason):
     with pytest.raises(GrammarError, match=reason):
-        check_grammar(grammar_from(kind, value))
-    if kind != "xml":
-        with pytest.raises(GrammarError, match=reason):
-            make_engine().add_request("a", [1], SamplingParams(grammar=grammar_from(kind, value)))
+        make_engine().add_request("a", [1], SamplingParams(grammar=grammar_from(kind, value)))
 
 
 def test_masks_are_computed_once_per_step_for_the_rows_that_sample():
@@ -108,3 +105,18 @@ def test_masks_are_computed_once_per_step_for_the_rows_that_sample():
     assert list(rows.values()) == [0] and bitmask.shape == (1, (257 + 31) // 32)
     allowed = np.unpackbits(bitmask[0].view(np.uint8), bitorder="little")[:257]
     assert set(np.flatnonzero(allowed)) == {ord("a"), ord("b")}
+
+
+def test_an_unsatisfiable_schema_is_refused_and_a_dead_end_mask_ends_the_request():
+    with pytest.raises(GrammarError, match="minimum"):
+        make_engine().add_request(
+            "a",
+            [1],
+            SamplingParams(grammar=grammar_from("json_schema", {"type": "integer", "minimum": 5, "maximum": 2})),
+        )
+    engine = make_engine(ScriptedRunner(uniform=True))
+    engine.add_request("a", [1], SamplingParams(max_tokens=5, grammar=grammar_from("regex", "[ab]+")))
+    batch = engine.scheduler.schedule()
+    (chunk,) = engine.scheduler.postprocess(batch)
+    out = engine._append_token(chunk.seq, engine.runner.run(batch)[0], np.zeros(257, dtype=bool))
+    assert out.finish_reason == "stop" and out.token_ids == [] and not engine.has_work

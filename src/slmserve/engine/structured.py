@@ -44,14 +44,6 @@ def grammar_from(kind: str, value: Any = None) -> str:
     raise GrammarError(f"unknown grammar kind {kind!r}")
 
 
-def check_grammar(grammar: str) -> None:
-    """Raise GrammarError naming the problem unless the grammar compiles within the limits (no vocabulary needed:
-    ~0.1-10 ms, so the API can answer 400 before a request reaches the engine)."""
-    message = llg.LLMatcher.validate_grammar(grammar, None, limits=llg.LLParserLimits(**LIMITS))
-    if message:
-        raise GrammarError(message.strip())
-
-
 class _Vocab:
     """The engine's tokenizer in the shape llguidance's TokenizerWrapper reads: every token's bytes, specials marked."""
 

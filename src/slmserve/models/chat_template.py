@@ -30,9 +30,14 @@ class ChatTemplate:
         self.source = template or CHATML_TEMPLATE
         self._formatter = Jinja2ChatFormatter(self.source, eos_token=eos_token, bos_token=bos_token)
 
-    def render(self, messages: list[dict[str, Any]]) -> str:
+    @property
+    def takes_tools(self) -> bool:
+        """True when the template renders a `tools` list itself."""
+        return "tools" in self.source
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> str:
         """The prompt for these messages, ending with the assistant's turn opened."""
-        return self._formatter(messages=plain_messages(messages)).prompt
+        return self._formatter(messages=plain_messages(messages), tools=tools).prompt
 
 
 class HFChatTemplate:
@@ -43,9 +48,11 @@ class HFChatTemplate:
         template = tokenizer.chat_template
         self.source = template if isinstance(template, str) and template else CHATML_TEMPLATE
 
-    def render(self, messages: list[dict[str, Any]]) -> str:
+    takes_tools = ChatTemplate.takes_tools
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> str:
         return self.tokenizer.apply_chat_template(
-            plain_messages(messages), chat_template=self.source, add_generation_prompt=True, tokenize=False
+            plain_messages(messages), tools=tools, chat_template=self.source, add_generation_prompt=True, tokenize=False
         )
 
 

@@ -88,10 +88,9 @@ def queue_full(retry_after: int) -> APIError:
     )
 
 
-def invalid_grammar(reason: str) -> APIError:
-    return APIError(
-        400, f"response_format cannot be followed: {reason}", param="response_format", code="invalid_grammar"
-    )
+def invalid_grammar(reason: str, param: str = "response_format") -> APIError:
+    """A response_format (or the tools' parameters) that no grammar can be made of."""
+    return APIError(400, f"{param} cannot be followed: {reason}", param=param, code="invalid_grammar")
 
 
 def blocked_content() -> APIError:

@@ -20,12 +20,13 @@ from slmserve.engine.engine import RequestOutput
 from slmserve.engine.loader import LoadedModel
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs
 from slmserve.engine.scheduler import QueueFullError
-from slmserve.engine.structured import GrammarError, check_grammar, grammar_from
+from slmserve.engine.structured import GrammarError, grammar_from
 from slmserve.server import errors
 from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.protocol import openai as oa
+from slmserve.server.tools import ToolUse
 from slmserve.settings import Settings
 
 T = TypeVar("T")
@@ -132,21 +133,27 @@ class Serving:
         except ValueError as exc:
             raise errors.APIError(400, str(exc)) from exc
 
-    async def grammar(self, fmt: oa.ResponseFormat | None) -> str | None:
-        """The grammar a response_format asks for (None for text); 400 naming the problem when it does not compile."""
-        if fmt is None or fmt.type == "text":
+    async def grammar(self, fmt: oa.ResponseFormat | None, tool_use: ToolUse | None = None) -> str | None:
+        """The grammar the tools or the response_format ask for (None: free text); 400 naming the problem when it
+        does not compile, before the request is admitted."""
+        if tool_use is None and (fmt is None or fmt.type == "text"):
             return None
-        value = fmt.json_schema.schema_ if fmt.type == "json_schema" else getattr(fmt, fmt.type, None)
+        param = "tools" if tool_use else "response_format"
         try:
-            grammar = grammar_from(fmt.type, value)
-            await asyncio.wait_for(asyncio.to_thread(check_grammar, grammar), GRAMMAR_CHECK_SECONDS)
+            if tool_use:
+                grammar = tool_use.grammar()
+            else:
+                value = fmt.json_schema.schema_ if fmt.type == "json_schema" else getattr(fmt, fmt.type, None)
+                grammar = grammar_from(fmt.type, value)
+            # Compiled once here for the answer, against the model's vocabulary: some faults (minimum > maximum)
+            # show only then. The engine compiles its own matcher again (~1 ms).
+            grammars = self.model.engine.grammars
+            await asyncio.wait_for(asyncio.to_thread(grammars.matcher, grammar), GRAMMAR_CHECK_SECONDS)
         except GrammarError as exc:
-            raise errors.APIError(
-                400, f"response_format: {exc}", param="response_format", code="invalid_grammar"
-            ) from exc
+            raise errors.invalid_grammar(str(exc), param) from exc
         except asyncio.TimeoutError as exc:
-            message = f"response_format: the grammar took over {GRAMMAR_CHECK_SECONDS:g} s to compile; simplify it"
-            raise errors.APIError(400, message, param="response_format", code="invalid_grammar") from exc
+            reason = f"it took over {GRAMMAR_CHECK_SECONDS:g} s to compile; simplify it"
+            raise errors.invalid_grammar(reason, param) from exc
         return grammar
 
     def admit(self, n: int) -> None:

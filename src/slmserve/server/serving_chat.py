@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from slmserve.models.chat_template import text_of
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, sse_stream, usage
+from slmserve.server.tools import ToolUse, render_history
 
 
 async def create_chat_completion(
@@ -14,56 +15,88 @@ async def create_chat_completion(
 ) -> oa.ChatCompletion | AsyncIterator[str]:
     adapter = serving.check_model(req.model)
     name = adapter or serving.model.name
-    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    tool_use = ToolUse.of(req)
+    messages = render_history([m.model_dump(exclude_none=True) for m in req.messages])
     serving.check_content(*(text_of(m.get("content")) for m in messages))
-    prompt = serving.model.chat_template.render(messages)
+    template = serving.model.chat_template
+    tools = None
+    if tool_use is not None:
+        messages = tool_use.prompt_messages(messages, template.takes_tools)
+        tools = [t.model_dump(exclude_none=True) for t in tool_use.tools] if template.takes_tools else None
+    prompt = template.render(messages, tools)
     # The template writes any BOS itself, as Hugging Face's apply_chat_template does.
     prompt_ids = serving.model.tokenizer.encode(prompt, add_special=False)
     top = (req.top_logprobs or 0) if req.logprobs else None
-    params = serving.sampling_params(req, len(prompt_ids), top, await serving.grammar(req.response_format))
+    params = serving.sampling_params(req, len(prompt_ids), top, await serving.grammar(req.response_format, tool_use))
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         stream = serving.stream_choices(prompt_ids, params, req.n, adapter)
-        return sse_stream(_chunks(serving, stream, name, len(prompt_ids), req.n, include_usage))
+        return sse_stream(_chunks(serving, stream, name, len(prompt_ids), req.n, include_usage, tool_use))
     choices = await serving.collect(prompt_ids, params, req.n, adapter)
     return oa.ChatCompletion(
         model=name,
-        choices=[
-            oa.ChatChoice(
-                index=c.index,
-                message=oa.AssistantMessage(content=c.text),
-                logprobs=serving.chat_logprobs(c.logprobs) if req.logprobs else None,
-                finish_reason=c.finish_reason,
-            )
-            for c in choices
-        ],
+        choices=[_choice(serving, c, tool_use, req.logprobs) for c in choices],
         usage=usage(len(prompt_ids), choices),
     )
 
 
+def _choice(serving: Serving, c: Choice, tool_use: ToolUse | None, logprobs: bool) -> oa.ChatChoice:
+    content, calls = ToolUse.parse(c.text) if tool_use else (c.text, [])
+    return oa.ChatChoice(
+        index=c.index,
+        message=oa.AssistantMessage(content=content, tool_calls=calls or None),
+        logprobs=serving.chat_logprobs(c.logprobs) if logprobs else None,
+        finish_reason="tool_calls" if calls else c.finish_reason,
+    )
+
+
+def _tool_call_deltas(calls: list[oa.ToolCall]) -> list[oa.DeltaMessage]:
+    """OpenAI's streamed shape: a call's first delta names it, the next carries its arguments."""
+    deltas = []
+    for i, call in enumerate(calls):
+        head = oa.DeltaFunctionCall(name=call.function.name, arguments="")
+        deltas.append(
+            oa.DeltaMessage(tool_calls=[oa.DeltaToolCall(index=i, id=call.id, type="function", function=head)])
+        )
+        body = oa.DeltaFunctionCall(arguments=call.function.arguments)
+        deltas.append(oa.DeltaMessage(tool_calls=[oa.DeltaToolCall(index=i, function=body)]))
+    return deltas
+
+
 async def _chunks(
-    serving: Serving, stream, model: str, prompt_tokens: int, n: int, include_usage: bool
+    serving: Serving, stream, model: str, prompt_tokens: int, n: int, include_usage: bool, tool_use: ToolUse | None
 ) -> AsyncIterator[oa.ChatCompletionChunk]:
     head = oa.ChatCompletionChunk(id=oa._id("chatcmpl"), created=now(), model=model, choices=[])
 
-    def chunk(**kw) -> oa.ChatCompletionChunk:
-        return head.model_copy(update=kw)
+    def chunk(i: int, delta: oa.DeltaMessage, out=None, finish_reason: str | None = None) -> oa.ChatCompletionChunk:
+        lps = serving.chat_logprobs(out.logprobs) if out is not None else None
+        return head.model_copy(
+            update={"choices": [oa.ChatChunkChoice(index=i, delta=delta, logprobs=lps, finish_reason=finish_reason)]}
+        )
 
     for i in range(n):
-        yield chunk(choices=[oa.ChatChunkChoice(index=i, delta=oa.DeltaMessage(role="assistant", content=""))])
+        yield chunk(i, oa.DeltaMessage(role="assistant", content=""))
     choices = [Choice(i) for i in range(n)]
+    # Held back until it ends, then sent as calls: True for an answer that is tool calls; None while an "auto"
+    # answer has not shown its first character (a call begins with "<", which the grammar denies plain text).
+    held: list[bool | None] = [None if tool_use and tool_use.choice == "auto" else tool_use is not None] * n
     async for i, out in stream:
         choices[i].add(out)
-        if out.text or out.finished:
-            yield chunk(
-                choices=[
-                    oa.ChatChunkChoice(
-                        index=i,
-                        delta=oa.DeltaMessage(content=out.text or None),
-                        logprobs=serving.chat_logprobs(out.logprobs),
-                        finish_reason=out.finish_reason,
-                    )
-                ]
-            )
+        if held[i] is None and choices[i].text:
+            held[i] = choices[i].text.startswith("<")
+        if held[i]:
+            for delta, reason in _held_answer(choices[i]) if out.finished else []:
+                yield chunk(i, delta, finish_reason=reason)
+        elif out.text or out.finished:
+            yield chunk(i, oa.DeltaMessage(content=out.text or None), out, out.finish_reason)
     if include_usage:
-        yield chunk(choices=[], usage=usage(prompt_tokens, choices))
+        yield head.model_copy(update={"choices": [], "usage": usage(prompt_tokens, choices)})
+
+
+def _held_answer(c: Choice) -> list[tuple[oa.DeltaMessage, str | None]]:
+    """A finished held-back answer: its tool calls, or (if it is not calls after all) its text."""
+    content, calls = ToolUse.parse(c.text)
+    if not calls:
+        return [(oa.DeltaMessage(content=content), c.finish_reason)]
+    deltas = _tool_call_deltas(calls)
+    return [(d, None) for d in deltas[:-1]] + [(deltas[-1], "tool_calls")]

@@ -1,0 +1,134 @@
+"""Tool calling: tools -> prompt and grammar, the model's text -> message.tool_calls. Both directions live here.
+
+The model writes each call as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (the Hermes / Qwen
+form, which templates that take `tools` ask for too). A model whose chat template takes `tools` gets them
+through it; any other model gets them in a system prompt (TOOLS_PROMPT). The grammar enforces the form:
+`required` and a named function allow only calls, each call's arguments valid against that tool's parameters;
+`auto` allows a call or a plain answer (which then cannot begin with "<"); `none` leaves the model free and
+keeps tools out of the prompt. With parallel_tool_calls an answer holds at most one call per tool given.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from slmserve.engine.structured import JSON_OPTIONS, grammar_from
+from slmserve.models.chat_template import text_of
+from slmserve.server import errors
+from slmserve.server.protocol import openai as oa
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+
+TOOLS_PROMPT = """You may call functions to answer. The functions, as JSON schemas:
+<tools>
+{tools}
+</tools>
+To call a function, answer with one <tool_call></tool_call> block per call, each holding a JSON object:
+<tool_call>
+{{"name": "function_name", "arguments": {{"arg": "value"}}}}
+</tool_call>"""
+
+
+def _call_schema(tool: oa.Tool) -> dict[str, Any]:
+    # No parameters: an empty object, as OpenAI takes it (and nothing for a model to ramble in).
+    parameters = tool.function.parameters or {"type": "object", "properties": {}, "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": tool.function.name}, "arguments": parameters},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+        "x-guidance": JSON_OPTIONS,
+    }
+
+
+@dataclass
+class ToolUse:
+    """The tools of one request that may call them (tool_choice is not "none")."""
+
+    tools: list[oa.Tool]
+    choice: str  # "auto", "required" or a function's name
+    parallel: bool
+
+    @classmethod
+    def of(cls, req: oa.ChatCompletionRequest) -> ToolUse | None:
+        """The request's tool use, None when it has none; 400 for a choice that names no given tool."""
+        choice = req.tool_choice
+        if choice is not None and not req.tools and choice != "none":
+            raise errors.APIError(400, "tool_choice needs tools", param="tool_choice")
+        if not req.tools or choice == "none":
+            return None
+        if isinstance(choice, oa.NamedToolChoice):
+            names = [t.function.name for t in req.tools]
+            if choice.function.name not in names:
+                message = f"tool_choice names {choice.function.name!r}, which is not among the tools: {names}"
+                raise errors.APIError(400, message, param="tool_choice")
+            choice = choice.function.name
+        if req.response_format is not None and req.response_format.type != "text":
+            raise errors.APIError(400, "response_format cannot be combined with tools", param="response_format")
+        return cls(req.tools, choice or "auto", req.parallel_tool_calls)
+
+    def grammar(self) -> str:
+        """A Lark grammar (llguidance) for this request's answer."""
+        tools = [t for t in self.tools if self.choice in ("auto", "required", t.function.name)]
+        schema = {"anyOf": [_call_schema(t) for t in tools]} if len(tools) > 1 else _call_schema(tools[0])
+        call = f'"{OPEN}\\n" %json {json.dumps(schema)} "\\n{CLOSE}"'
+        # Parallel calls: at most one per tool given. A small model, once it has called, goes on calling (the same
+        # function, other arguments) to max_tokens if the grammar lets it. A newline may end the calls: the model
+        # writes one after a call by habit, and must not be made to begin another call with it.
+        more = len(tools) - 1 if self.parallel else 0
+        calls = f'call ("\\n" call){{0,{more}}} "\\n"?' if more else 'call "\\n"?'
+        start = f"start: {calls} | TEXT\nTEXT: /[^<](?s:.)*/" if self.choice == "auto" else f"start: {calls}"
+        return grammar_from("lark", f"{start}\ncall: {call}\n")
+
+    def prompt_messages(self, messages: list[dict[str, Any]], template_takes_tools: bool) -> list[dict[str, Any]]:
+        """The messages with the tools described in the system prompt, unless the template renders them."""
+        if template_takes_tools:
+            return messages
+        listing = "\n".join(json.dumps(t.function.model_dump(exclude_none=True)) for t in self.tools)
+        described = TOOLS_PROMPT.format(tools=listing)
+        if messages and messages[0].get("role") == "system":
+            first = messages[0]
+            return [{**first, "content": f"{first.get('content') or ''}\n\n{described}"}, *messages[1:]]
+        return [{"role": "system", "content": described}, *messages]
+
+    @staticmethod
+    def parse(text: str) -> tuple[str | None, list[oa.ToolCall]]:
+        """The model's text -> (content, tool calls). Text that is not wholly calls is content."""
+        calls, rest = [], text.strip()
+        while rest.startswith(OPEN):
+            body, sep, rest = rest[len(OPEN) :].partition(CLOSE)
+            try:
+                call = json.loads(body)
+                name, arguments = call["name"], call["arguments"]
+            except (ValueError, KeyError, TypeError):
+                return text, []
+            if not sep:
+                return text, []
+            fn = oa.FunctionCall(name=name, arguments=json.dumps(arguments, ensure_ascii=False))
+            calls.append(oa.ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", function=fn))
+            rest = rest.lstrip()
+        if rest or not calls:
+            return text, []
+        return None, calls
+
+
+def render_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier assistant tool calls back into the text form the model writes them in; tool results as they are."""
+    out = []
+    for m in messages:
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            blocks = []
+            for call in m["tool_calls"]:
+                fn = call.get("function") or {}
+                try:
+                    arguments = json.loads(fn.get("arguments") or "{}")
+                except ValueError:
+                    arguments = fn.get("arguments")
+                blocks.append(f"{OPEN}\n{json.dumps({'name': fn.get('name'), 'arguments': arguments})}\n{CLOSE}")
+            text = text_of(m.get("content"))
+            m = {"role": "assistant", "content": "\n".join(([text] if text else []) + blocks)}
+        out.append(m)
+    return out
