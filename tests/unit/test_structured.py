@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from slmserve.engine.sampling import SamplingParams
-from slmserve.engine.structured import GrammarError, grammar_from
+from slmserve.engine.structured import GrammarError, closed_objects, grammar_from
 from tests.fakes import ScriptedRunner, make_engine, run_all
 
 SCHEMA = {
@@ -120,3 +120,17 @@ def test_an_unsatisfiable_schema_is_refused_and_a_dead_end_mask_ends_the_request
     (chunk,) = engine.scheduler.postprocess(batch)
     out = engine._append_token(chunk.seq, engine.runner.run(batch)[0], np.zeros(257, dtype=bool))
     assert out.finish_reason == "stop" and out.token_ids == [] and not engine.has_work
+
+
+def test_objects_that_list_properties_take_no_others_unless_they_say_so():
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}},
+        "$defs": {"open": {"type": "object", "properties": {}, "additionalProperties": True}},
+    }
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False and closed["properties"]["a"]["additionalProperties"] is False
+    assert closed["$defs"]["open"]["additionalProperties"] is True and "additionalProperties" not in schema
+    assert closed_objects({"type": "object"}) == {"type": "object"}  # json_object mode stays free
+    out = generate(grammar_from("json_schema", {"type": "object", "properties": {"x": {"const": 1}}}))
+    assert out["0"] in ("{}", '{"x": 1}')

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from slmserve.engine.structured import JSON_OPTIONS, grammar_from
+from slmserve.engine.structured import JSON_OPTIONS, closed_objects, grammar_from
 from slmserve.models.chat_template import text_of
 from slmserve.server import errors
 from slmserve.server.protocol import openai as oa
@@ -37,7 +37,7 @@ def _call_schema(tool: oa.Tool) -> dict[str, Any]:
     parameters = tool.function.parameters or {"type": "object", "properties": {}, "additionalProperties": False}
     return {
         "type": "object",
-        "properties": {"name": {"const": tool.function.name}, "arguments": parameters},
+        "properties": {"name": {"const": tool.function.name}, "arguments": closed_objects(parameters)},
         "required": ["name", "arguments"],
         "additionalProperties": False,
         "x-guidance": JSON_OPTIONS,
