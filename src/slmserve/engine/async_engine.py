@@ -150,12 +150,16 @@ class AsyncEngine:
         if self.num_waiting >= self.max_waiting:
             raise QueueFullError(f"{self.num_waiting} requests are already waiting")
         request_id = request_id or uuid.uuid4().hex
-        # The grammar compiles here, off the engine thread, so a large one never stalls a step.
-        constraint = await asyncio.to_thread(self.engine.grammars.matcher, params.grammar) if params.grammar else None
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-
-        self._submitted += 1
+        self._submitted += 1  # counted as waiting from here, so admission sees it while its grammar compiles
+        try:
+            # The grammar compiles here, off the engine thread, so a large one never stalls a step.
+            compile_grammar = self.engine.grammars.matcher
+            constraint = await asyncio.to_thread(compile_grammar, params.grammar) if params.grammar else None
+        except BaseException:
+            self._submitted -= 1
+            raise
         self._commands.put(_Add(request_id, prompt_token_ids, params, adapter, constraint, _Sink(loop, outputs)))
         finished = False
         try:

@@ -148,7 +148,7 @@ class Engine:
 
     def _append_token(self, seq: Sequence, logits: np.ndarray, allowed: np.ndarray | None = None) -> RequestOutput:
         params = seq.params
-        if allowed is not None and not allowed.any():  # a schema no text can satisfy (e.g. minimum > maximum)
+        if allowed is not None and not allowed.any():  # a dead end in the grammar that compiling did not show
             return self._finish(seq, "stop", seq.detokenizer.flush(), [], [])
         token, lp = sample(logits, params, seq.rng, seq.prompt_token_ids, seq.output_token_ids, allowed)
         seq.output_token_ids.append(token)
