@@ -134,3 +134,15 @@ def test_objects_that_list_properties_take_no_others_unless_they_say_so():
     assert closed_objects({"type": "object"}) == {"type": "object"}  # json_object mode stays free
     out = generate(grammar_from("json_schema", {"type": "object", "properties": {"x": {"const": 1}}}))
     assert out["0"] in ("{}", '{"x": 1}')
+
+
+def test_closing_the_engine_stops_its_mask_thread():
+    import threading
+
+    engine = make_engine(ScriptedRunner(uniform=True))
+    engine.add_request("a", [1], SamplingParams(max_tokens=5, grammar=grammar_from("regex", "[ab]+")))
+    run_all(engine)
+    masks = engine._masks._pool
+    assert any(t.name.startswith("slmserve-mask") for t in threading.enumerate())
+    engine.close()
+    assert all(not t.is_alive() for t in masks._threads)

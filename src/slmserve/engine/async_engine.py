@@ -121,6 +121,10 @@ class AsyncEngine:
         self._commands.put(_Call(fn, done))
         return await future
 
+    async def check_grammar(self, grammar: str) -> None:
+        """Compile a grammar against this engine's vocabulary, off the event loop; GrammarError naming the problem."""
+        await asyncio.to_thread(self.engine.grammars.matcher, grammar)
+
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter into the runner between two steps, so requests in flight are not disturbed."""
         await self.call(lambda: self.engine.runner.load_adapter(name, path))

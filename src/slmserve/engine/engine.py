@@ -131,11 +131,12 @@ class Engine:
         seqs = [c.seq for c in batch.chunks if c.seq.constraint is not None and c.needs_logits]
         if not seqs:
             return None
-        return {seq: row for row, seq in enumerate(seqs)}, self._masks.start([s.constraint for s in seqs], self.vocab)
+        masks = self._masks.start([s.constraint for s in seqs], self.grammars.vocab_size)
+        return {seq: row for row, seq in enumerate(seqs)}, masks
 
-    @property
-    def vocab(self) -> int:
-        return self.grammars.vocab_size
+    def close(self) -> None:
+        """Stop the mask helper thread (once the engine thread has stopped stepping)."""
+        self._masks.close()
 
     def _postprocess(self, batch: Batch, logits: np.ndarray, masks=None) -> list[RequestOutput]:
         rows, bitmask = (masks[0], masks[1].result()) if masks else ({}, None)

@@ -35,6 +35,7 @@ class LoadedModel:
         return str(self.path) if self.path is not None else self.name
 
     def close(self) -> None:
+        self.engine.close()
         self.runner.close()
 
 

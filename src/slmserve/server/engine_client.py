@@ -37,6 +37,10 @@ class EngineClient(Protocol):
         """The request's outputs until it finishes; raises QueueFullError when over capacity."""
         ...
 
+    async def check_grammar(self, grammar: str) -> None:
+        """Compile a grammar against the model's vocabulary; GrammarError naming the problem."""
+        ...
+
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter between two steps; ValueError when the files are not an adapter of this model."""
         ...

@@ -145,10 +145,9 @@ class Serving:
             else:
                 value = fmt.json_schema.schema_ if fmt.type == "json_schema" else getattr(fmt, fmt.type, None)
                 grammar = grammar_from(fmt.type, value)
-            # Compiled once here for the answer, against the model's vocabulary: some faults (minimum > maximum)
-            # show only then. The engine compiles its own matcher again (~1 ms).
-            grammars = self.model.engine.grammars
-            await asyncio.wait_for(asyncio.to_thread(grammars.matcher, grammar), GRAMMAR_CHECK_SECONDS)
+            # Compiled here against the model's vocabulary (some faults, minimum > maximum, show only then), so the
+            # answer is a 400 before any stream starts; the engine compiles each choice's own matcher (~1 ms).
+            await asyncio.wait_for(self.engine.check_grammar(grammar), GRAMMAR_CHECK_SECONDS)
         except GrammarError as exc:
             raise errors.invalid_grammar(str(exc), param) from exc
         except asyncio.TimeoutError as exc:
