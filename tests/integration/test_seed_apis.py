@@ -1,6 +1,7 @@
 """The seeds' request examples, sent as written, against slmserve (see ../shared/seeds)."""
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,20 +52,33 @@ def test_batched_answers_in_order_and_a_bad_query_fails_alone(server):
     assert "user_prompt" in body["results"][3]["error"]
 
 
-def test_a_batch_of_8_costs_far_less_than_8_single_calls(server):
+def running_now(server) -> int:
+    text = httpx.get(f"{server.url}/metrics").text
+    return round(float(re.search(r"^slmserve_requests_running (\S+)$", text, re.M).group(1)))
+
+
+def test_a_batch_of_8_is_decoded_together_and_costs_less_than_8_single_calls(server):
     q = {"system_prompt": "You are helpful.", "max_tokens": 32, "temperature": 0}
     start = time.perf_counter()
     post(server, "/chat", {"chat_id": "x", "user_prompt": "Name a fruit.", **q})
     single = time.perf_counter() - start
     queries = [{"chat_id": str(i), "user_prompt": f"Name fruit number {i}.", **q} for i in range(8)]
-    start = time.perf_counter()
-    r = post(server, "/chat/batched", {"queries": queries})
-    batch = time.perf_counter() - start
+    with ThreadPoolExecutor(1) as pool:
+        start = time.perf_counter()
+        batched = pool.submit(post, server, "/chat/batched", {"queries": queries})
+        most = 0
+        while not batched.done():  # the engine's running count, scraped while the batch decodes
+            most = max(most, running_now(server))
+            time.sleep(0.05)
+        r = batched.result()
+        batch = time.perf_counter() - start
     assert all(x["status"] == 200 for x in r.json()["results"])
     print(f"batch of 8: {batch:.2f} s; one call: {single:.2f} s; ratio to 8 in a row {batch / (8 * single):.2f}")
-    # Measured ~0.53 of 8 calls in a row (1.15 s vs 0.27 s a call). Issue #3 hoped for < 3x one call; decoding is
-    # compute-bound on 2 cores (a step of 8 sequences costs ~5x a step of one), so that is out of reach here.
-    assert batch < 0.75 * 8 * single, f"batch of 8 took {batch:.2f} s, one call {single:.2f} s"
+    assert most == 8, f"at most {most} of the 8 queries were decoded at once"
+    # Measured ~0.53 of 8 calls in a row here (1.15 s vs 0.27 s a call), 0.78 on a busy CI machine. Issue #3 hoped
+    # for < 3x one call; decoding is compute-bound on 2 cores (a step of 8 sequences costs ~5x a step of one), so that
+    # is out of reach. One timed call is a noisy yardstick, so the bound here is only "cheaper than in a row".
+    assert batch < 8 * single, f"batch of 8 took {batch:.2f} s, one call {single:.2f} s"
 
 
 def test_chat_completions_without_model_and_100_threads_overlap(server):
