@@ -18,9 +18,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e .
 	touch $@
 
-# The tests cover both engines, so they install the torch extra (torch==2.13.0: the CPU wheel on disk).
+# The tests cover both engines and the tools, so they install the torch and tools extras (torch==2.13.0: the CPU
+# wheel on disk).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PIP_INSTALL) -e '.[test,torch]'
+	$(PIP_INSTALL) -e '.[test,torch,tools]'
 	touch $@
 
 install: $(VENV)/.installed
