@@ -16,6 +16,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from slmserve.engine.engine import Engine, RequestOutput, UnknownAdapterError
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import QueueFullError
@@ -120,6 +122,26 @@ class AsyncEngine:
 
         self._commands.put(_Call(fn, done))
         return await future
+
+    @property
+    def embed_len(self) -> int:
+        return self.engine.runner.embed_len
+
+    async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
+        """Embeddings [N, hidden] of the inputs, in calls of up to the runner's bounds run between two steps, so
+        a long list of inputs shares the engine thread with generation instead of stalling it."""
+        runner = self.engine.runner
+        if any(not 0 < len(tokens) <= runner.embed_len for tokens in token_lists):
+            raise ValueError(f"each input must hold 1 to {runner.embed_len} tokens")
+        parts, group, size = [], [], 0
+        for tokens in token_lists:
+            if len(group) == runner.embed_seqs or size + len(tokens) > runner.embed_len:
+                parts.append(await self.call(lambda g=group: runner.embed(g)))
+                group, size = [], 0
+            group.append(tokens)
+            size += len(tokens)
+        parts.append(await self.call(lambda: runner.embed(group)))
+        return np.concatenate(parts)
 
     async def check_grammar(self, grammar: str) -> None:
         """Compile a grammar against this engine's vocabulary, off the event loop; GrammarError naming the problem."""

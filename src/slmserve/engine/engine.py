@@ -28,13 +28,24 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: list[int]) -> str: ...
 
 
+# One embeddings call takes at most this many inputs and tokens (so one input at most EMBED_TOKENS).
+EMBED_TOKENS = 2048
+EMBED_SEQS = 64
+
+
 class Runner(Protocol):
     """A model backend: turns a scheduled batch into logits."""
 
     tokenizer: Tokenizer
+    embed_len: int  # the most tokens of one embeddings call (and so of one input)
+    embed_seqs: int  # the most inputs of one embeddings call
 
     def run(self, batch: Batch) -> np.ndarray:
         """Apply batch.kv_ops in order, decode the chunks; logits [N, V], a row per chunk with needs_logits."""
+        ...
+
+    def embed(self, token_lists: list[list[int]]) -> np.ndarray:
+        """Mean-pooled, L2-normalized final hidden states [N, hidden]; never touches the KV slots."""
         ...
 
 

@@ -10,6 +10,7 @@ import llama_cpp as C
 import numpy as np
 from llama_cpp import _logger as llama_logger
 
+from slmserve.engine.engine import EMBED_SEQS, EMBED_TOKENS
 from slmserve.engine.scheduler import Batch, Copy
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,11 @@ class LlamaCppRunner:
         self.n_ctx = C.llama_n_ctx(self.ctx)
         self._memory = C.llama_get_memory(self.ctx)
         self._init_batch(n_batch)
+        self._n_threads = n_threads
+        self.embed_len = min(EMBED_TOKENS, self.n_ctx_train)
+        self.embed_seqs = EMBED_SEQS
+        # Pooling needs each input whole in one micro-batch, which bounds an input's length.
+        self._embed_ctx = None  # made on the first embeddings request: most servers never get one
 
     def _init_batch(self, n: int) -> None:
         # The batch's arrays are numpy-owned so a step fills them with slices, not per-token ctypes calls.
@@ -173,6 +179,41 @@ class LlamaCppRunner:
         rows = int(self._logits[:n].sum())
         return np.ctypeslib.as_array(C.llama_get_logits(self.ctx), shape=(rows, self.tokenizer.vocab_size))
 
+    def embed(self, token_lists: list[list[int]]) -> np.ndarray:
+        """Mean-pooled, L2-normalized final hidden states [N, n_embd] of up to embed_seqs inputs holding at most
+        embed_len tokens together, in one llama_decode on a context of their own (the KV slots stay untouched)."""
+        if self._embed_ctx is None:
+            params = C.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = self.embed_len
+            params.n_seq_max, params.kv_unified = self.embed_seqs, True
+            params.embeddings, params.pooling_type = True, C.LLAMA_POOLING_TYPE_MEAN
+            params.n_threads = params.n_threads_batch = self._n_threads
+            params.no_perf = True
+            self._embed_ctx = C.llama_init_from_model(self.model, params)
+            if not self._embed_ctx:
+                raise RuntimeError("llama.cpp could not create an embeddings context")
+        n = sum(len(tokens) for tokens in token_lists)
+        if len(token_lists) > self.embed_seqs or n > self.embed_len:
+            raise ValueError(f"at most {self.embed_seqs} inputs of {self.embed_len} tokens in all per call")
+        batch = C.llama_batch_init(n, 0, 1)
+        try:
+            i = 0
+            for seq, tokens in enumerate(token_lists):
+                for pos, token in enumerate(tokens):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, True
+                    batch.seq_id[i][0] = seq
+                    i += 1
+            batch.n_tokens = n
+            C.llama_memory_clear(C.llama_get_memory(self._embed_ctx), True)
+            if (rc := C.llama_decode(self._embed_ctx, batch)) != 0:
+                raise RuntimeError(f"llama_decode failed with code {rc} on {len(token_lists)} embeddings inputs")
+        finally:
+            C.llama_batch_free(batch)
+        dim = C.llama_model_n_embd(self.model)
+        rows = [C.llama_get_embeddings_seq(self._embed_ctx, seq) for seq in range(len(token_lists))]
+        out = np.stack([np.ctypeslib.as_array(row, shape=(dim,)) for row in rows]).astype(np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
     def trim(self, slot: int, keep: int) -> None:
         C.llama_memory_seq_rm(self._memory, slot, keep, -1)
 
@@ -184,6 +225,9 @@ class LlamaCppRunner:
         C.llama_memory_seq_rm(self._memory, dst, n, -1)
 
     def close(self) -> None:
+        if self._embed_ctx:
+            C.llama_free(self._embed_ctx)
+            self._embed_ctx = None
         if self.ctx:
             C.llama_free(self.ctx)
             self.ctx = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from slmserve.engine.engine import RequestOutput
 from slmserve.engine.sampling import SamplingParams
 
@@ -35,6 +37,15 @@ class EngineClient(Protocol):
         adapter: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """The request's outputs until it finishes; raises QueueFullError when over capacity."""
+        ...
+
+    @property
+    def embed_len(self) -> int:
+        """The most tokens one embeddings input may hold."""
+        ...
+
+    async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
+        """Mean-pooled, L2-normalized embeddings [N, hidden] of the inputs, in order."""
         ...
 
     async def check_grammar(self, grammar: str) -> None:

@@ -119,7 +119,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def is_openai_route(request: Request) -> bool:
     path = request.url.path
-    return path.startswith("/v1/") or path == "/chat/completions"
+    return path.startswith("/v1/") or path in ("/chat/completions", "/tokenize", "/detokenize")
 
 
 def respond(request: Request, exc: APIError) -> JSONResponse:

@@ -18,14 +18,8 @@ async def create_chat_completion(
     tool_use = ToolUse.of(req)
     messages = render_history([m.model_dump(exclude_none=True) for m in req.messages])
     serving.check_content(*(text_of(m.get("content")) for m in messages))
-    template = serving.model.chat_template
-    tools = None
-    if tool_use is not None:
-        messages = tool_use.prompt_messages(messages, template.takes_tools)
-        tools = [t.model_dump(exclude_none=True) for t in tool_use.tools] if template.takes_tools else None
-    prompt = template.render(messages, tools)
     # The template writes any BOS itself, as Hugging Face's apply_chat_template does.
-    prompt_ids = serving.model.tokenizer.encode(prompt, add_special=False)
+    prompt_ids = serving.model.tokenizer.encode(chat_prompt(serving, messages, tool_use), add_special=False)
     top = (req.top_logprobs or 0) if req.logprobs else None
     params = serving.sampling_params(req, len(prompt_ids), top, await serving.grammar(req.response_format, tool_use))
     if req.stream:
@@ -38,6 +32,16 @@ async def create_chat_completion(
         choices=[_choice(serving, c, tool_use, req.logprobs) for c in choices],
         usage=usage(len(prompt_ids), choices),
     )
+
+
+def chat_prompt(serving: Serving, messages: list[dict], tool_use: ToolUse | None) -> str:
+    """The model's chat template over the messages (history already rendered), tools in it or in a system prompt."""
+    template = serving.model.chat_template
+    tools = None
+    if tool_use is not None:
+        messages = tool_use.prompt_messages(messages, template.takes_tools)
+        tools = [t.model_dump(exclude_none=True) for t in tool_use.tools] if template.takes_tools else None
+    return template.render(messages, tools)
 
 
 def _choice(serving: Serving, c: Choice, tool_use: ToolUse | None, logprobs: bool) -> oa.ChatChoice:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
+from slmserve.server import serving_tokens
 from slmserve.server.app_state import get_serving
+from slmserve.server.protocol import embeddings as pe
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Serving
 from slmserve.server.serving_chat import create_chat_completion
@@ -36,3 +38,19 @@ async def chat_completions(req: oa.ChatCompletionRequest, serving: Serving = Dep
 @router.post("/v1/completions", response_model=None)
 async def completions(req: oa.CompletionRequest, serving: Serving = Depends(get_serving)):
     return _respond(await create_completion(serving, req))
+
+
+@router.post("/v1/embeddings", response_model=pe.EmbeddingResponse)
+async def embeddings(req: pe.EmbeddingRequest, serving: Serving = Depends(get_serving)) -> pe.EmbeddingResponse:
+    return await serving_tokens.create_embedding(serving, req)
+
+
+# vLLM's paths (no /v1), and its shapes.
+@router.post("/tokenize", response_model=pe.TokenizeResponse, response_model_exclude_none=True)
+async def tokenize(req: pe.TokenizeRequest, serving: Serving = Depends(get_serving)) -> pe.TokenizeResponse:
+    return serving_tokens.tokenize(serving, req)
+
+
+@router.post("/detokenize", response_model=pe.DetokenizeResponse)
+async def detokenize(req: pe.DetokenizeRequest, serving: Serving = Depends(get_serving)) -> pe.DetokenizeResponse:
+    return serving_tokens.detokenize(serving, req)
