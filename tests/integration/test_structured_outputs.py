@@ -198,9 +198,9 @@ def calls_of(message) -> list[tuple[str, dict]]:
     return out
 
 
-def streamed_calls(stream) -> tuple[str, list[tuple[str, dict]], str]:
-    """Content, calls and finish_reason put back together from OpenAI's streamed deltas."""
-    content, calls, finish = "", {}, None
+def streamed_calls(stream) -> tuple[str, list[tuple[str, dict]], str, int]:
+    """Content, calls, finish_reason and the number of argument fragments, from OpenAI's streamed deltas."""
+    content, calls, finish, fragments = "", {}, None, 0
     for chunk in stream:
         if not chunk.choices:
             continue
@@ -212,8 +212,9 @@ def streamed_calls(stream) -> tuple[str, list[tuple[str, dict]], str]:
                 calls[tc.index] = [tc.function.name, tc.function.arguments or ""]
             else:
                 calls[tc.index][1] += tc.function.arguments or ""
+                fragments += 1
         finish = chunk.choices[0].finish_reason or finish
-    return content, [(name, json.loads(args)) for name, args in calls.values()], finish
+    return content, [(name, json.loads(args)) for name, args in calls.values()], finish, fragments
 
 
 @pytest.mark.parametrize(
@@ -232,8 +233,9 @@ def test_required_and_named_tool_choice_answer_with_valid_calls_streamed_or_not(
     calls = calls_of(choice.message)
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     assert calls and {name for name, _ in calls} <= names and len(calls) <= 2  # at most one call per tool
-    content, streamed, finish = streamed_calls(client.chat.completions.create(**body, stream=True))
+    content, streamed, finish, fragments = streamed_calls(client.chat.completions.create(**body, stream=True))
     assert (content, streamed, finish) == ("", calls, "tool_calls")
+    assert fragments > 2 * len(calls)  # arguments stream as the model writes them, not in one piece at the end
 
 
 def test_auto_and_none_and_a_tool_result_round_trip(client, model):
@@ -243,7 +245,7 @@ def test_auto_and_none_and_a_tool_result_round_trip(client, model):
         calls = calls_of(message)
         assert bool(message.content) != bool(calls)  # text or calls, never both, never neither
         assert tool_choice == "auto" or not calls
-        content, streamed, _ = streamed_calls(client.chat.completions.create(**body, stream=True))
+        content, streamed, _, _ = streamed_calls(client.chat.completions.create(**body, stream=True))
         assert (content or None, streamed) == (message.content, calls)
     history = ASK + [
         {"role": "assistant", "content": None, "tool_calls": [
@@ -253,6 +255,25 @@ def test_auto_and_none_and_a_tool_result_round_trip(client, model):
     ]  # fmt: skip
     r = client.chat.completions.create(model=model, messages=history, tools=[WEATHER], temperature=0, max_tokens=40)
     assert r.choices[0].message.content or calls_of(r.choices[0].message)
+
+
+def test_auto_tools_with_a_json_schema_answer_a_call_or_that_json_streamed_or_not(client, model):
+    schema = {"type": "object", "properties": {"forecast": {"enum": ["sunny", "rainy"]}}, "required": ["forecast"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "forecast", "schema": schema}}
+    for question in ("What is the weather like in Paris today?", "Say whether it will be sunny or rainy."):
+        body = dict(
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            tools=[WEATHER],
+            response_format=fmt,
+            temperature=0,
+            max_tokens=60,
+        )
+        message = client.chat.completions.create(**body).choices[0].message
+        calls = calls_of(message)
+        assert calls or json.loads(message.content)["forecast"] in ("sunny", "rainy"), message
+        content, streamed, _, _ = streamed_calls(client.chat.completions.create(**body, stream=True))
+        assert (content or None, streamed) == (message.content, calls)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from slmserve.engine.sampling import SamplingParams
 from slmserve.models.chat_template import ChatTemplate
 from slmserve.server.errors import APIError
 from slmserve.server.protocol import openai as oa
-from slmserve.server.tools import ToolUse, render_history
+from slmserve.server.tools import CallStream, ToolUse, render_history
 from tests.fakes import ScriptedRunner, make_engine, run_all
 
 WEATHER = {
@@ -79,12 +79,23 @@ def test_auto_lets_the_model_choose_text_or_a_call_and_nothing_in_between():
     assert content is None and calls[0].function.name == "get_weather"
 
 
+def test_auto_with_a_json_schema_answers_with_a_call_or_that_json():
+    schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    tool_use = ToolUse.of(request(tools=[WEATHER], response_format=fmt))
+    answers = sample_answers(tool_use, 12)
+    for text in answers:
+        content, calls = ToolUse.parse(text)
+        assert calls or json.loads(content)["answer"] in ("yes", "no"), text
+    assert any(ToolUse.parse(t)[1] for t in answers) and not all(ToolUse.parse(t)[1] for t in answers)
+
+
 @pytest.mark.parametrize(
     ("fields", "says"),
     [
         ({"tool_choice": "required"}, "tool_choice needs tools"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "'nope'"),
-        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "cannot be combined"),
+        ({"tools": [WEATHER], "response_format": {"type": "regex", "regex": "a+"}}, "json_object or json_schema"),
     ],
 )
 def test_choices_that_cannot_be_honoured_are_400s(fields, says):
@@ -150,3 +161,34 @@ def test_a_template_that_takes_tools_renders_them_itself():
     tool_use = ToolUse.of(request(tools=[WEATHER]))
     messages = tool_use.prompt_messages([{"role": "user", "content": "hi"}], template.takes_tools)
     assert template.takes_tools and template.render(messages, [WEATHER]) == "[get_weather]user: hi\n"
+
+
+def test_calls_stream_as_a_head_then_argument_fragments_however_the_text_is_cut():
+    text = (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa\\"ri}s", "days": [1, {"a": 2}]}}\n</tool_call>'
+        '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\n'
+    )
+    for size in (1, 2, 5, len(text)):
+        stream, calls = CallStream(), {}
+        for start in range(0, len(text), size):
+            for delta in stream.feed(text[start : start + size]):
+                (call,) = delta.tool_calls
+                if call.id:
+                    assert call.index == len(calls) and call.type == "function" and call.function.arguments == ""
+                    calls[call.index] = [call.function.name, ""]
+                else:
+                    calls[call.index][1] += call.function.arguments
+        assert stream.calls == 2
+        assert calls == {
+            0: ["get_weather", '{"city": "Pa\\"ri}s", "days": [1, {"a": 2}]}'],
+            1: ["get_time", "{}"],
+        }
+        assert json.loads(calls[0][1])["city"] == 'Pa"ri}s'
+
+
+def test_a_call_cut_short_streams_its_head_and_what_arguments_there_are():
+    stream = CallStream()
+    deltas = stream.feed('<tool_call>\n{"name": "f", "arguments": {"x": "ab')
+    assert [d.tool_calls[0].function.name for d in deltas] == ["f", None]
+    assert deltas[1].tool_calls[0].function.arguments == '{"x": "ab'
+    assert stream.feed("") == [] and stream.calls == 1

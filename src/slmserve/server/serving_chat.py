@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from slmserve.models.chat_template import text_of
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, sse_stream, usage
-from slmserve.server.tools import ToolUse, render_history
+from slmserve.server.tools import CallStream, ToolUse, render_history
 
 
 async def create_chat_completion(
@@ -54,19 +54,6 @@ def _choice(serving: Serving, c: Choice, tool_use: ToolUse | None, logprobs: boo
     )
 
 
-def _tool_call_deltas(calls: list[oa.ToolCall]) -> list[oa.DeltaMessage]:
-    """OpenAI's streamed shape: a call's first delta names it, the next carries its arguments."""
-    deltas = []
-    for i, call in enumerate(calls):
-        head = oa.DeltaFunctionCall(name=call.function.name, arguments="")
-        deltas.append(
-            oa.DeltaMessage(tool_calls=[oa.DeltaToolCall(index=i, id=call.id, type="function", function=head)])
-        )
-        body = oa.DeltaFunctionCall(arguments=call.function.arguments)
-        deltas.append(oa.DeltaMessage(tool_calls=[oa.DeltaToolCall(index=i, function=body)]))
-    return deltas
-
-
 async def _chunks(
     serving: Serving, stream, model: str, prompt_tokens: int, n: int, include_usage: bool, tool_use: ToolUse | None
 ) -> AsyncIterator[oa.ChatCompletionChunk]:
@@ -81,26 +68,31 @@ async def _chunks(
     for i in range(n):
         yield chunk(i, oa.DeltaMessage(role="assistant", content=""))
     choices = [Choice(i) for i in range(n)]
-    # Held back until it ends, then sent as calls: True for an answer that is tool calls; None while an "auto"
-    # answer has not shown its first character (a call begins with "<", which the grammar denies plain text).
-    held: list[bool | None] = [None if tool_use and tool_use.choice == "auto" else tool_use is not None] * n
+    # An answer of tool calls streams as calls: True for those; None while an "auto" answer has not shown its
+    # first character (a call begins with "<", which the grammar denies plain text).
+    calls: list[bool | None] = [None if tool_use and tool_use.choice == "auto" else tool_use is not None] * n
+    call_streams = [CallStream() for _ in range(n)]
     async for i, out in stream:
         choices[i].add(out)
-        if held[i] is None and choices[i].text:
-            held[i] = choices[i].text.startswith("<")
-        if held[i]:
-            for delta, reason in _held_answer(choices[i]) if out.finished else []:
-                yield chunk(i, delta, finish_reason=reason)
-        elif out.text or out.finished:
-            yield chunk(i, oa.DeltaMessage(content=out.text or None), out, out.finish_reason)
+        if calls[i] is None and choices[i].text:
+            calls[i] = choices[i].text.startswith("<")
+        if calls[i]:
+            for delta in call_streams[i].feed(out.text):
+                yield chunk(i, delta)
+            if out.finished:
+                yield _calls_end(chunk, i, choices[i], call_streams[i])
+        elif calls[i] is False:
+            if out.text or out.finished:
+                yield chunk(i, oa.DeltaMessage(content=out.text or None), out, out.finish_reason)
+        elif out.finished:  # an "auto" answer that ended before its first character
+            yield chunk(i, oa.DeltaMessage(), out, out.finish_reason)
     if include_usage:
         yield head.model_copy(update={"choices": [], "usage": usage(prompt_tokens, choices)})
 
 
-def _held_answer(c: Choice) -> list[tuple[oa.DeltaMessage, str | None]]:
-    """A finished held-back answer: its tool calls, or (if it is not calls after all) its text."""
-    content, calls = ToolUse.parse(c.text)
-    if not calls:
-        return [(oa.DeltaMessage(content=content), c.finish_reason)]
-    deltas = _tool_call_deltas(calls)
-    return [(d, None) for d in deltas[:-1]] + [(deltas[-1], "tool_calls")]
+def _calls_end(chunk, i: int, c: Choice, calls: CallStream) -> oa.ChatCompletionChunk:
+    """The last chunk of an answer streamed as calls: tool_calls when they were written whole; if the model wrote no
+    call at all (it stopped early), its text as content, as the non-streamed answer has it."""
+    if calls.calls == 0:
+        return chunk(i, oa.DeltaMessage(content=c.text or None), finish_reason=c.finish_reason)
+    return chunk(i, oa.DeltaMessage(), finish_reason="tool_calls" if c.finish_reason == "stop" else c.finish_reason)

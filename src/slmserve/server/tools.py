@@ -11,6 +11,7 @@ keeps tools out of the prompt. With parallel_tool_calls an answer holds at most 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ class ToolUse:
     tools: list[oa.Tool]
     choice: str  # "auto", "required" or a function's name
     parallel: bool
+    answer: dict[str, Any] | None = None  # with "auto": the JSON schema a plain answer must follow (response_format)
 
     @classmethod
     def of(cls, req: oa.ChatCompletionRequest) -> ToolUse | None:
@@ -66,9 +68,13 @@ class ToolUse:
                 message = f"tool_choice names {choice.function.name!r}, which is not among the tools: {names}"
                 raise errors.APIError(400, message, param="tool_choice")
             choice = choice.function.name
-        if req.response_format is not None and req.response_format.type != "text":
-            raise errors.APIError(400, "response_format cannot be combined with tools", param="response_format")
-        return cls(req.tools, choice or "auto", req.parallel_tool_calls)
+        fmt, answer = req.response_format, None
+        if fmt is not None and fmt.type in ("json_schema", "json_object"):
+            answer = fmt.json_schema.schema_ if fmt.type == "json_schema" else {"type": "object"}
+        elif fmt is not None and fmt.type != "text":
+            message = "with tools, response_format may be text, json_object or json_schema"
+            raise errors.APIError(400, message, param="response_format")
+        return cls(req.tools, choice or "auto", req.parallel_tool_calls, answer)
 
     def grammar(self) -> str:
         """A Lark grammar (llguidance) for this request's answer."""
@@ -80,7 +86,13 @@ class ToolUse:
         # writes one after a call by habit, and must not be made to begin another call with it.
         more = len(tools) - 1 if self.parallel else 0
         calls = f'call ("\\n" call){{0,{more}}} "\\n"?' if more else 'call "\\n"?'
-        start = f"start: {calls} | TEXT\nTEXT: /[^<](?s:.)*/" if self.choice == "auto" else f"start: {calls}"
+        if self.choice != "auto":
+            start = f"start: {calls}"
+        elif self.answer is not None:  # a call, or an answer in the response_format's schema
+            answer = {**closed_objects(self.answer), "x-guidance": JSON_OPTIONS}
+            start = f"start: {calls} | answer\nanswer: %json {json.dumps(answer)}"
+        else:
+            start = f"start: {calls} | TEXT\nTEXT: /[^<](?s:.)*/"
         return grammar_from("lark", f"{start}\ncall: {call}\n")
 
     def prompt_messages(self, messages: list[dict[str, Any]], template_takes_tools: bool) -> list[dict[str, Any]]:
@@ -113,6 +125,69 @@ class ToolUse:
         if rest or not calls:
             return text, []
         return None, calls
+
+
+# The grammar writes each call in one form: `<tool_call>\n{"name": "NAME", "arguments": {...}}\n</tool_call>`.
+_HEAD = re.compile(r'\s*<tool_call>\n\{"name": "([^"\\]*)", "arguments": ')
+_TAIL = re.compile(r"\}\n</tool_call>")
+
+
+class CallStream:
+    """A growing answer of tool calls -> OpenAI's streamed deltas: a call's first delta (index, id, type, name) as
+    soon as its name is written, then its arguments in fragments as the model writes them."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.pos = 0  # how far the text is turned into deltas
+        self.calls = 0  # calls begun
+        self._state = "head"  # then "arguments", then "tail" (the call's closing), then "head" again
+        self._depth = 0  # brackets open inside the arguments
+        self._in_string = self._escape = False
+
+    def feed(self, text: str) -> list[oa.DeltaMessage]:
+        self.text += text
+        deltas = []
+        while True:
+            if self._state == "head":
+                if not (m := _HEAD.match(self.text, self.pos)):
+                    return deltas
+                head = oa.DeltaFunctionCall(name=m.group(1), arguments="")
+                call_id = f"call_{uuid.uuid4().hex[:24]}"
+                call = oa.DeltaToolCall(index=self.calls, id=call_id, type="function", function=head)
+                deltas.append(oa.DeltaMessage(tool_calls=[call]))
+                self.calls, self.pos, self._state = self.calls + 1, m.end(), "arguments"
+            elif self._state == "arguments":
+                start, done = self.pos, self._scan()
+                if self.pos > start:
+                    fragment = oa.DeltaFunctionCall(arguments=self.text[start : self.pos])
+                    call = oa.DeltaToolCall(index=self.calls - 1, function=fragment)
+                    deltas.append(oa.DeltaMessage(tool_calls=[call]))
+                if not done:
+                    return deltas
+                self._state = "tail"
+            else:
+                if not (m := _TAIL.match(self.text, self.pos)):
+                    return deltas
+                self.pos, self._state = m.end(), "head"
+
+    def _scan(self) -> bool:
+        """Move pos over the arguments' JSON; True once their closing bracket is passed."""
+        while self.pos < len(self.text):
+            c = self.text[self.pos]
+            self.pos += 1
+            if self._escape:
+                self._escape = False
+            elif self._in_string:
+                self._escape, self._in_string = c == "\\", c != '"'
+            elif c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            elif c in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    return True
+        return False
 
 
 def render_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
