@@ -33,6 +33,15 @@ class ScriptedRunner:
         self.script, self.uniform = script, uniform
         self.batches: list[Batch] = []
         self.kv_ops: list = []
+        self.embed_calls: list[list[list[int]]] = []
+
+    embed_len, embed_seqs = 16, 3  # small bounds, so a few inputs take several calls
+
+    def embed(self, token_lists: list[list[int]]) -> np.ndarray:
+        """[N, 2]: each input's first token and length, so tests can see what came back where."""
+        assert len(token_lists) <= self.embed_seqs and sum(map(len, token_lists)) <= self.embed_len
+        self.embed_calls.append(token_lists)
+        return np.array([[t[0], len(t)] for t in token_lists], dtype=np.float32)
 
     def run(self, batch: Batch) -> np.ndarray:
         self.kv_ops.extend(batch.kv_ops)

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
         "smollm2-135m-instruct",
         description=(
             "A known model id (see `slmserve models`), a GGUF file, a Hugging Face model directory, or a hub id "
-            "(owner/name, downloaded by transformers when the machine is online)."
+            "(owner/name, downloaded by transformers when the machine is online). Several models: give --model "
+            "again (or a comma-separated list); NAME=SOURCE serves one under NAME. Requests pick a model by name; "
+            "the first is the default, and the seeds' routes use it."
         ),
     )
     engine: Literal["auto", "llama.cpp", "torch"] = Field(
@@ -112,5 +114,22 @@ class Settings(BaseSettings):
 
     @property
     def model_name(self) -> str:
-        """The name the API shows for the loaded model."""
-        return self.served_model_name or os.path.basename(self.model).removesuffix(".gguf")
+        """The name the API shows for the (first) model."""
+        return self.per_model()[0].served_model_name
+
+    def per_model(self) -> list[Settings]:
+        """One Settings per model served, each with one source in `model` and its served name; the first is the
+        default. ValueError for an empty list or two models of one name."""
+        out: list[Settings] = []
+        for i, spec in enumerate(s.strip() for s in self.model.split(",")):
+            name, sep, source = spec.partition("=")
+            if not sep:
+                name, source = "", spec
+            if not source:
+                raise ValueError(f"--model {spec!r} names no model")
+            name = name or (self.served_model_name if i == 0 else None)
+            name = name or os.path.basename(source.rstrip("/")).removesuffix(".gguf")
+            if any(o.served_model_name == name for o in out):
+                raise ValueError(f"two models are served as {name!r}: give one another name with --model NAME=SOURCE")
+            out.append(self.model_copy(update={"model": source, "served_model_name": name}))
+        return out

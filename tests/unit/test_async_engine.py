@@ -130,3 +130,22 @@ def test_the_in_process_engine_is_an_engine_client_and_refuses_to_unload_an_adap
             engine.shutdown()
 
     assert asyncio.run(main()) == {}
+
+
+def test_embeddings_go_to_the_runner_in_calls_within_its_bounds_and_come_back_in_order():
+    async def main():
+        runner = ScriptedRunner()
+        engine = AsyncEngine(make_engine(runner))
+        try:
+            inputs = [[i] * n for i, n in enumerate([5, 5, 5, 2, 1, 1, 1, 16, 3])]
+            out = await engine.embed(inputs)
+            with pytest.raises(ValueError, match="1 to 16 tokens"):
+                await engine.embed([[1] * 17])
+            return out, runner.embed_calls
+        finally:
+            engine.shutdown()
+
+    out, calls = asyncio.run(main())
+    assert out.tolist() == [[i, n] for i, n in enumerate([5, 5, 5, 2, 1, 1, 1, 16, 3])]
+    # Packed greedily: at most 3 inputs and 16 tokens a call.
+    assert [[len(t) for t in call] for call in calls] == [[5, 5, 5], [2, 1, 1], [1], [16], [3]]

@@ -40,8 +40,10 @@ class LoadedModel:
 
 
 def load_model(settings: Settings) -> LoadedModel:
-    """Load the configured model. Raises FileNotFoundError or ValueError with a readable message."""
+    """Load the configured model (the first, when settings list several). Raises FileNotFoundError or ValueError
+    with a readable message."""
     start = time.perf_counter()
+    settings = settings.per_model()[0]
     source = resolve_model(settings.model)
     backend = settings.engine
     if backend == "auto":

@@ -20,17 +20,19 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, model: LoadedModel | None = None) -> FastAPI:
-    """The app. Given no model, it loads settings.model in the background: /health says 503 until ready."""
+    """The app. Given no model, it loads settings' models in the background: /health says 503 until ready.
+    ValueError when the model list names two models alike."""
     state = AppState(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         loader = None
         if model is not None:
-            state.attach(model)
+            state.default.attach(model)
         else:
-            state.loading = True  # /health says "loading" from the first request on
-            loader = asyncio.create_task(_load(state))
+            for each in state.models.values():
+                each.loading = True  # /health says "loading" from the first request on
+            loader = asyncio.create_task(state.load_all())
         try:
             yield
         finally:
@@ -46,10 +48,3 @@ def create_app(settings: Settings, model: LoadedModel | None = None) -> FastAPI:
         app.include_router(module.router)
     ui.mount_static(app)
     return app
-
-
-async def _load(state: AppState) -> None:
-    try:
-        await state.load()
-    except errors.APIError as exc:
-        log.error("%s", exc.message)

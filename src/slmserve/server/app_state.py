@@ -1,8 +1,13 @@
-"""The server's state, and the FastAPI dependencies that hand it to routes."""
+"""The server's state: the models it serves, each with its engine; and the FastAPI dependencies that hand it out.
+
+Several models are a registry keyed by served name (`--model a --model b`); requests pick one by `model`, and
+the seeds' routes use the first.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +22,16 @@ from slmserve.server.metrics import Metrics
 from slmserve.server.serving import Serving
 from slmserve.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
-class AppState:
-    """Everything a request handler may need; lives on app.state.slm."""
+class ModelState:
+    """One served model: its settings, its loaded weights and engine (or why there are none), its adapters."""
 
-    settings: Settings
+    settings: Settings  # this model's own: `model` holds its one source, served_model_name its name
     metrics: Metrics = field(default_factory=Metrics)
+    content_filter: ContentFilter | None = None
     model: LoadedModel | None = None
     engine: EngineClient | None = None
     serving: Serving | None = None
@@ -33,12 +41,15 @@ class AppState:
     _lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
-        self.content_filter = ContentFilter(self.settings.blocked_words)
+        self.content_filter = self.content_filter or ContentFilter(self.settings.blocked_words)
+
+    @property
+    def name(self) -> str:
+        return self.settings.model_name
 
     def attach(self, model: LoadedModel) -> None:
-        """Serve a loaded model: start its engine thread and wire metrics."""
+        """Serve a loaded model: start its engine thread."""
         self.engine = AsyncEngine(model.engine)
-        self.metrics.bind_gauges(lambda: self.num_running, lambda: self.num_waiting)
         self.serving = Serving(model, self.engine, self.metrics, self.settings, self.content_filter)
         self.model, self.load_error = model, None
 
@@ -141,12 +152,62 @@ class AppState:
             self.slm_adapter = None
 
 
-def get_state(request: Request) -> AppState:
+class AppState:
+    """Every served model by name (the first is the default), sharing one metrics registry and content filter;
+    lives on app.state.slm. ValueError for a model list that names two models alike."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.content_filter = ContentFilter(settings.blocked_words)
+        self.models = {s.model_name: ModelState(s, self.metrics, self.content_filter) for s in settings.per_model()}
+        self.default = next(iter(self.models.values()))
+        states = list(self.models.values())
+        self.metrics.bind_gauges(lambda: sum(m.num_running for m in states), lambda: sum(m.num_waiting for m in states))
+
+    def serving_for(self, name: str | None) -> Serving:
+        """The serving of the model a request names (None: the default), or of the model holding the LoRA
+        adapter it names; 404 listing every name for an unknown one, 503 when that model is not ready."""
+        state = self.models.get(name) if name is not None else self.default
+        if state is None:
+            state = next((m for m in self.models.values() if m.model and name in m.model.adapters), None)
+        if state is None:
+            raise errors.model_not_found(name, self.names())
+        if state.serving is None:
+            raise state.not_ready()
+        return state.serving
+
+    def names(self) -> list[str]:
+        """Every name a request may give: the models, then their adapters."""
+        adapters = [a for m in self.models.values() if m.model for a in m.model.adapters]
+        return [*self.models, *adapters]
+
+    async def load_all(self) -> None:
+        """Load the models one after another, the default first; a model that fails does not stop the others."""
+        for state in self.models.values():
+            state.loading = True  # /health says "loading" for the ones still waiting their turn
+        for state in self.models.values():
+            try:
+                await state.load()
+            except errors.APIError as exc:
+                log.error("%s: %s", state.name, exc.message)
+
+    def detach(self) -> None:
+        for state in self.models.values():
+            state.detach()
+
+
+def get_app_state(request: Request) -> AppState:
     return request.app.state.slm
 
 
+def get_state(request: Request) -> ModelState:
+    """The default model's state: what the seeds' routes (one model each) work with."""
+    return request.app.state.slm.default
+
+
 def get_serving(request: Request) -> Serving:
-    """The serving object, or a 503 saying why there is none (loading, failed, unloaded)."""
+    """The default model's serving object, or a 503 saying why there is none (loading, failed, unloaded)."""
     state = get_state(request)
     if state.serving is None:
         raise state.not_ready()

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import errors
-from slmserve.server.app_state import AppState
+from slmserve.server.app_state import ModelState
 from slmserve.server.protocol import seeds as sd
 from slmserve.server.serving import Choice, Serving, sse, usage
 
@@ -115,7 +115,7 @@ def slm_settings(req: sd.SlmGenerateRequest) -> dict:
     return {"max_new_tokens": req.max_new_tokens, "temperature": req.temperature, "do_sample": req.do_sample}
 
 
-async def slm_generate(state: AppState, req: sd.SlmGenerateRequest) -> dict:
+async def slm_generate(state: ModelState, req: sd.SlmGenerateRequest) -> dict:
     await state.load()
     serving = state.serving
     if serving is None:
@@ -132,7 +132,7 @@ async def slm_generate(state: AppState, req: sd.SlmGenerateRequest) -> dict:
     }
 
 
-async def slm_stream(state: AppState, req: sd.SlmGenerateRequest) -> AsyncIterator[str]:
+async def slm_stream(state: ModelState, req: sd.SlmGenerateRequest) -> AsyncIterator[str]:
     """Seed 002's event sequence: load status (when loading on demand), then pieces, then a final event."""
     try:
         if state.serving is None:

@@ -39,6 +39,6 @@ async def chat_batched(req: sd.BatchedRequest, serving: Serving = Depends(get_se
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions_alias(req: oa.ChatCompletionRequest, serving: Serving = Depends(get_serving)):
+async def chat_completions_alias(req: oa.ChatCompletionRequest, request: Request):
     """Seed 001's path for the OpenAI chat completion; `model` may be omitted."""
-    return await chat_completions(req, serving)
+    return await chat_completions(req, request)

@@ -6,20 +6,25 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from slmserve.server.app_state import get_state
+from slmserve.server.app_state import get_app_state, get_state
 
 router = APIRouter()
 
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 once the model is loaded and the engine runs; 503 while loading, after a failure, or when unloaded."""
-    state = get_state(request)
+    """200 once every model is loaded and its engine runs; 503 while one loads, after a failure, or when unloaded.
+    `model` is the default model; with several, `models` gives each one's status."""
+    app_state = get_app_state(request)
+    state = app_state.default
     device = state.model.device if state.model else "cpu"
-    body = {"model": state.settings.model_name, "device": device.upper(), "cuda_available": device.startswith("cuda")}
-    if state.status != "healthy":
-        return JSONResponse({"status": state.status, "error": state.load_error, **body}, status_code=503)
-    return JSONResponse({"status": state.status, **body})
+    body = {"model": state.name, "device": device.upper(), "cuda_available": device.startswith("cuda")}
+    if len(app_state.models) > 1:
+        body["models"] = {name: m.status for name, m in app_state.models.items()}
+    unready = next((m for m in app_state.models.values() if m.status != "healthy"), None)
+    if unready is not None:
+        return JSONResponse({"status": unready.status, "error": unready.load_error, **body}, status_code=503)
+    return JSONResponse({"status": "healthy", **body})
 
 
 @router.get("/metrics")

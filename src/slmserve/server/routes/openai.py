@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from slmserve.server import serving_tokens
-from slmserve.server.app_state import get_serving
+from slmserve.server import errors, serving_tokens
+from slmserve.server.app_state import AppState, get_app_state
 from slmserve.server.protocol import embeddings as pe
 from slmserve.server.protocol import openai as oa
-from slmserve.server.serving import Serving
 from slmserve.server.serving_chat import create_chat_completion
 from slmserve.server.serving_completion import create_completion
 
@@ -23,34 +22,42 @@ def _respond(result):
 
 
 @router.get("/v1/models", response_model=oa.ModelList)
-async def list_models(serving: Serving = Depends(get_serving)) -> oa.ModelList:
-    model = serving.model
-    cards = [oa.ModelCard(id=model.name, max_model_len=model.max_model_len, weights=model.weights)]
-    cards += [oa.ModelCard(id=name, parent=model.name, max_model_len=model.max_model_len) for name in model.adapters]
+async def list_models(state: AppState = Depends(get_app_state)) -> oa.ModelList:
+    """Every loaded model, the default first, each followed by its LoRA adapters."""
+    cards = []
+    for name in state.models:
+        try:
+            model = state.serving_for(name).model
+        except errors.APIError:  # loading, failed or unloaded: not servable now
+            continue
+        cards.append(oa.ModelCard(id=model.name, max_model_len=model.max_model_len, weights=model.weights))
+        cards += [oa.ModelCard(id=a, parent=model.name, max_model_len=model.max_model_len) for a in model.adapters]
+    if not cards:
+        raise state.default.not_ready()
     return oa.ModelList(data=cards)
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(req: oa.ChatCompletionRequest, serving: Serving = Depends(get_serving)):
-    return _respond(await create_chat_completion(serving, req))
+async def chat_completions(req: oa.ChatCompletionRequest, request: Request):
+    return _respond(await create_chat_completion(get_app_state(request).serving_for(req.model), req))
 
 
 @router.post("/v1/completions", response_model=None)
-async def completions(req: oa.CompletionRequest, serving: Serving = Depends(get_serving)):
-    return _respond(await create_completion(serving, req))
+async def completions(req: oa.CompletionRequest, request: Request):
+    return _respond(await create_completion(get_app_state(request).serving_for(req.model), req))
 
 
 @router.post("/v1/embeddings", response_model=pe.EmbeddingResponse)
-async def embeddings(req: pe.EmbeddingRequest, serving: Serving = Depends(get_serving)) -> pe.EmbeddingResponse:
-    return await serving_tokens.create_embedding(serving, req)
+async def embeddings(req: pe.EmbeddingRequest, request: Request) -> pe.EmbeddingResponse:
+    return await serving_tokens.create_embedding(get_app_state(request).serving_for(req.model), req)
 
 
 # vLLM's paths (no /v1), and its shapes.
 @router.post("/tokenize", response_model=pe.TokenizeResponse, response_model_exclude_none=True)
-async def tokenize(req: pe.TokenizeRequest, serving: Serving = Depends(get_serving)) -> pe.TokenizeResponse:
-    return serving_tokens.tokenize(serving, req)
+async def tokenize(req: pe.TokenizeRequest, request: Request) -> pe.TokenizeResponse:
+    return serving_tokens.tokenize(get_app_state(request).serving_for(req.model), req)
 
 
 @router.post("/detokenize", response_model=pe.DetokenizeResponse)
-async def detokenize(req: pe.DetokenizeRequest, serving: Serving = Depends(get_serving)) -> pe.DetokenizeResponse:
-    return serving_tokens.detokenize(serving, req)
+async def detokenize(req: pe.DetokenizeRequest, request: Request) -> pe.DetokenizeResponse:
+    return serving_tokens.detokenize(get_app_state(request).serving_for(req.model), req)
