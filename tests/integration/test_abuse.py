@@ -5,6 +5,7 @@ import random
 import time
 
 import httpx
+import pytest
 
 from tests.integration.conftest import chat_body
 
@@ -60,3 +61,65 @@ def test_a_burst_of_misbehaving_clients_leaves_the_server_healthy(server):
     assert httpx.get(f"{server.url}/health").status_code == 200
     r = httpx.post(f"{server.url}/v1/chat/completions", json=chat_body("Say hi.", max_tokens=8), timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+ROUTES = {
+    "/v1/chat/completions": '{"messages": [{"role": "user", "content": %s}], "max_tokens": 2}',
+    "/chat/completions": '{"messages": [{"role": "user", "content": %s}], "max_tokens": 2}',
+    "/v1/completions": '{"prompt": %s, "max_tokens": 2}',
+    "/v1/embeddings": '{"input": %s}',
+    "/tokenize": '{"prompt": %s}',
+    "/infer": '{"system_prompt": %s, "user_prompt": "hi"}',
+    "/chat": '{"chat_id": "1", "user_prompt": %s}',
+    "/chat/batched": '{"queries": [{"chat_id": "1", "user_prompt": %s}]}',
+    "/generate": '{"prompt": %s}',
+    "/slm/generate": '{"prompt": %s}',
+    "/slm/stream": '{"prompt": %s}',
+}
+OPENAI = {"/v1/chat/completions", "/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize"}
+
+
+@pytest.mark.parametrize("path", ROUTES)
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ('"\\ud800"', "lone surrogate"),  # valid JSON syntax, not text: once a 500 in the tokenizer
+        ('"ok \\udfff end"', "lone surrogate"),
+        ("NaN", "NaN is not a JSON number"),  # Python's json takes these; a 422 that echoed them was a 500
+        ("Infinity", "Infinity is not a JSON number"),
+        ("1e400", "too large"),
+    ],
+)
+def test_bodies_that_are_not_json_text_are_4xx_in_the_route_shape(server, path, value, says):
+    r = httpx.post(
+        f"{server.url}{path}",
+        content=(ROUTES[path] % value).encode(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == (400 if path in OPENAI else 422), r.text
+    assert says in (r.json()["error"]["message"] if path in OPENAI else r.json()["detail"][0]["ctx"]["error"])
+
+
+def test_an_escaped_surrogate_pair_is_text_and_invalid_utf8_is_refused(server):
+    emoji = '{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}], "max_tokens": 2}'
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=emoji, headers={"content-type": "application/json"}, timeout=60
+    )
+    assert r.status_code == 200
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=b'{"prompt": "\xff\xfe"}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "not UTF-8" in r.json()["error"]["message"]
+
+
+def test_a_negative_seed_is_a_seed_streamed_or_not(server):
+    body = chat_body("Name a color.", max_tokens=6, temperature=1.0, seed=-1)
+    first = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()
+    again = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()
+    assert first["choices"][0]["message"]["content"] == again["choices"][0]["message"]["content"]
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and '"finish_reason":"length"' in lines[-2].replace(" ", "")

@@ -71,8 +71,9 @@ class TokenLogprobs:
 
 
 def make_rng(seed: int | None) -> np.random.Generator:
-    """A per-request generator: a fixed seed gives the same draws whatever else the engine is doing."""
-    return np.random.default_rng(seed)
+    """A per-request generator: a fixed seed gives the same draws whatever else the engine is doing. Any integer
+    seeds it (OpenAI's API takes negative ones; numpy takes them as their two's complement, 64 bits)."""
+    return np.random.default_rng(None if seed is None else seed & (2**64 - 1))
 
 
 def apply_penalties(

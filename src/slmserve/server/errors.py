@@ -110,7 +110,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if first.get("type") == "json_invalid":
-        return "The request body is not valid JSON.", None
+        reason = (first.get("ctx") or {}).get("error")
+        return (
+            f"The request body is not valid JSON: {reason}." if reason else "The request body is not valid JSON.",
+            None,
+        )
     where = ".".join(loc)
     return (f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")), (
         where or None

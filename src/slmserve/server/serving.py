@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from slmserve.server.tools import ToolUse
 from slmserve.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # A grammar that takes longer than this to check is refused (llguidance's fuel limits bound it as well).
 GRAMMAR_CHECK_SECONDS = 2.0
@@ -280,6 +282,9 @@ async def sse_stream(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
         yield sse(errors.error_body(exc.status, exc.message, exc.param, exc.code))
     except RuntimeError as exc:
         yield sse(errors.error_body(503, str(exc), code="engine_error"))
+    except Exception:  # a fault of ours: the client still gets an error event and the end of the stream
+        log.exception("a stream failed")
+        yield sse(errors.error_body(500, "The server failed while streaming this response.", code="internal_error"))
     yield "data: [DONE]\n\n"
 
 

@@ -77,9 +77,9 @@ class SlmLoadRequest(BaseModel):
 
 
 class SlmUnloadRequest(BaseModel):
-    """POST /slm/unload: with lora_name, unload only that adapter; with no body, the whole model."""
+    """POST /slm/unload: with lora_name, unload only that adapter; with no body (or `{}`), the whole model."""
 
-    lora_name: str = Field(min_length=1)
+    lora_name: str | None = Field(None, min_length=1)
 
 
 class SlmGenerateRequest(BaseModel):

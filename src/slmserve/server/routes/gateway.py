@@ -10,8 +10,9 @@ from slmserve.server.protocol import openai as oa
 from slmserve.server.protocol import seeds as sd
 from slmserve.server.routes.openai import chat_completions
 from slmserve.server.serving import Serving
+from slmserve.server.strict_json import StrictJSONRoute
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.get("/")

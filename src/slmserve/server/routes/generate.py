@@ -9,8 +9,9 @@ from slmserve.server import serving_seeds
 from slmserve.server.app_state import get_serving, get_state
 from slmserve.server.protocol import seeds as sd
 from slmserve.server.serving import Serving
+from slmserve.server.strict_json import StrictJSONRoute
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.post("/generate", response_model=sd.GenerateResponse)

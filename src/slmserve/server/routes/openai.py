@@ -11,8 +11,9 @@ from slmserve.server.protocol import embeddings as pe
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving_chat import create_chat_completion
 from slmserve.server.serving_completion import create_completion
+from slmserve.server.strict_json import StrictJSONRoute
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 def _respond(result):

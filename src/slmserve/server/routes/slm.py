@@ -8,8 +8,9 @@ from fastapi.responses import StreamingResponse
 from slmserve.server import errors, serving_seeds
 from slmserve.server.app_state import get_state
 from slmserve.server.protocol import seeds as sd
+from slmserve.server.strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/slm")
+router = APIRouter(prefix="/slm", route_class=StrictJSONRoute)
 
 
 @router.get("/info")
@@ -60,7 +61,7 @@ async def load(request: Request, req: sd.SlmLoadRequest | None = None) -> dict:
 async def unload(request: Request, req: sd.SlmUnloadRequest | None = None) -> dict:
     """With lora_name, unload that adapter. Otherwise requests in flight finish first; then the model is freed."""
     state = get_state(request)
-    if req is not None:
+    if req is not None and req.lora_name is not None:
         await state.unload_adapter(req.lora_name)
         return {"success": True, "message": f"LoRA adapter {req.lora_name!r} unloaded"}
     if await state.unload():
