@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 from slmserve.engine.engine import RequestOutput
 from slmserve.engine.scheduler import QueueFullError
@@ -41,6 +41,8 @@ class Metrics:
         self.generation_tokens = Counter("slmserve_generation_tokens", "Tokens generated.", registry=r)
         self.requests = Counter("slmserve_requests_finished", "Finished requests.", ["finish_reason"], registry=r)
         self.rejected = Counter("slmserve_requests_rejected", "Requests refused with 429.", registry=r)
+        # process_cpu_seconds_total, process_resident_memory_bytes, ...: the dashboard's and monitor's CPU and memory.
+        ProcessCollector(registry=r)
 
     def bind_gauges(self, running: Callable[[], float], waiting: Callable[[], float]) -> None:
         """Gauges read at scrape time, so an idle engine never reports stale counts."""
