@@ -192,3 +192,11 @@ def write_json(path: Path, config: BenchConfig, results: list[LevelResult]) -> N
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def write_plot(path: Path, config: BenchConfig, results: list[LevelResult], others: list[tuple[str, list]]) -> Path:
+    """This run's tokens/s and TTFT against concurrency, beside saved runs (tools.plots.load_bench_results)."""
+    from slmserve.tools.plots import bench_chart
+
+    runs = [(config.label, [asdict(r) for r in results]), *others]
+    return bench_chart(runs, path, title=f"slmserve bench — {config.max_tokens} tokens per request")

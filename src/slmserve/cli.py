@@ -1,4 +1,5 @@
-"""The `slmserve` command: serve, generate, chat, bench, models.
+"""The `slmserve` command: serve, generate, chat, bench, finetune, models; the tools' explore, monitor, compare
+and plot-bench are declared in tools/cli.py.
 
 Flags of serve/generate/chat are generated from Settings' fields, so they match env vars and .env exactly.
 A flag that is not given leaves the env/.env/default value in place.
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from slmserve.settings import Settings
+from slmserve.tools import cli as tools_cli
 
 app = typer.Typer(help="slmserve: a fast, concurrent server for small language models.", no_args_is_help=True)
 
@@ -127,9 +129,18 @@ def bench(
         str | None, typer.Option(help="A response_format for every request: JSON, or @FILE holding it.")
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Draw tokens/s and TTFT against concurrency into this PNG (needs the tools extra)."),
+    ] = None,
+    compare_json: Annotated[
+        list[Path] | None, typer.Option(help="A saved `bench --json` result to draw beside this run; repeatable.")
+    ] = None,
 ) -> None:
     """Load-test a server: aggregate tokens/s, TTFT, inter-token latency, latency, errors, per concurrency."""
-    from slmserve.bench import BenchConfig, print_report, run_bench, write_json
+    from slmserve.bench import BenchConfig, print_report, run_bench, write_json, write_plot
+
+    others = _saved_runs(compare_json or []) if plot else []
 
     if response_format and response_format.startswith("@"):
         response_format = Path(response_format[1:]).read_text()
@@ -151,8 +162,22 @@ def bench(
     print_report(config, results)
     if json_path:
         write_json(json_path, config, results)
+    if plot:
+        typer.echo(f"wrote {write_plot(plot, config, results, others)}")
     if any(r.errors for r in results):
         sys.exit(1)
+
+
+def _saved_runs(paths: list[Path]) -> list[tuple[str, list]]:
+    """Before the load test, not after it: matplotlib is there and the --compare-json files are bench results."""
+    from slmserve.tools.plots import BenchFileError, ToolsMissing, load_bench_results, require
+
+    try:
+        require()
+        return load_bench_results(paths)
+    except (ToolsMissing, BenchFileError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -174,7 +199,7 @@ def finetune(
     device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Go on from the last checkpoint in --output, if any.")] = True,
 ) -> None:
-    """Fine-tune a LoRA adapter on a JSONL dataset (needs slmserve[torch]); serve it with --lora NAME=OUTPUT."""
+    """Fine-tune a LoRA adapter on a JSONL dataset (needs the torch extra); serve it with --lora NAME=OUTPUT."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from slmserve.finetune import FinetuneConfig
@@ -213,6 +238,8 @@ def models(
         layout = weights.describe(path, Path(cache_dir or Settings().cache_dir))
         typer.echo(f"{m.id}\n  {m.description}\n  {path}\n  weights: {layout}")
 
+
+tools_cli.register(app, _settings_options)
 
 if __name__ == "__main__":
     app()

@@ -36,7 +36,8 @@ def test_malformed_json(server):
     r = httpx.post(
         f"{server.url}/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"}
     )
-    assert r.status_code == 400 and r.json()["error"]["message"] == "The request body is not valid JSON."
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "The request body is not valid JSON: Expecting value."
 
 
 @pytest.mark.parametrize("prompt", ["", [], [[]], [-1], [10**9]])
