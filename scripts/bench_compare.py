@@ -29,12 +29,10 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from llama_server import llama_server  # noqa: E402
@@ -43,35 +41,7 @@ from slmserve.bench import BenchConfig, print_report, run_bench, write_json  # n
 from slmserve.models import weights  # noqa: E402
 from slmserve.models.registry import resolve_model_path  # noqa: E402
 from slmserve.settings import Settings  # noqa: E402
-
-
-def wait_healthy(url: str, path: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with code {proc.returncode}")
-        try:
-            if httpx.get(url + path, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError(f"{url} not healthy after {timeout} s")
-
-
-class PeakRss(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.proc, self.peak, self.stop = psutil.Process(pid), 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                rss = self.proc.memory_info().rss + sum(c.memory_info().rss for c in self.proc.children(True))
-            except psutil.Error:
-                return
-            self.peak = max(self.peak, rss)
-            time.sleep(0.1)
+from slmserve.tools.launch import RssSampler, wait_healthy  # noqa: E402
 
 
 def server_commands(args) -> dict[str, tuple[list[str], str]]:
@@ -107,9 +77,9 @@ def bench_server(name: str, cmd: list[str], health: str, port: int, args, round_
     started = time.perf_counter()
     proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(url, health, proc)
+        wait_healthy(url, proc, 180, health)
         startup = time.perf_counter() - started
-        rss = PeakRss(proc.pid)
+        rss = RssSampler(proc.pid)
         rss.start()
         config = BenchConfig(
             url=url, levels=args.concurrency, requests=None, max_tokens=args.max_tokens, ignore_eos=True,
@@ -117,12 +87,12 @@ def bench_server(name: str, cmd: list[str], health: str, port: int, args, round_
         )  # fmt: skip
         results = asyncio.run(run_bench(config))
         seeds = asyncio.run(seed_shaped(url)) if args.seed_shaped and name.startswith("slmserve") else None
-        rss.stop.set()
+        peak_rss = rss.stop()
         print_report(config, results)
         write_json(args.out / f"{name}.round{round_no}.json", config, results)
         return {
             "server": name, "round": round_no, "command": " ".join(cmd), "startup_to_health_s": round(startup, 3),
-            "peak_rss_mib": round(rss.peak / 2**20, 1), "results": [r.__dict__ for r in results], "seed_shaped": seeds,
+            "peak_rss_mib": round(peak_rss / 2**20, 1), "results": [r.__dict__ for r in results], "seed_shaped": seeds,
         }  # fmt: skip
     finally:
         proc.terminate()

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,29 +23,11 @@ import typer
 from slmserve.cli import app as cli
 from slmserve.server.app import create_app
 from slmserve.settings import Settings
+from slmserve.tools.launch import free_port, wait_healthy
 from tests.integration.conftest import chat_body
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # where honcho and the slmserve script are installed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"honcho exited early:\n{proc.stdout.read()}"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"no healthy server on {url} after {seconds} s")
 
 
 def test_the_procfile_serves_under_honcho_and_stops_cleanly_on_sigterm():
@@ -58,7 +39,7 @@ def test_the_procfile_serves_under_honcho_and_stops_cleanly_on_sigterm():
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, honcho)
+        wait_healthy(url, honcho, 60)
         question = chat_body("What is the capital of France?", max_tokens=8)  # few tokens: a busy CPU is slow
         r = httpx.post(f"{url}/v1/chat/completions", json=question, timeout=60)
         assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]

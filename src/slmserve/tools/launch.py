@@ -61,7 +61,10 @@ def serve(args: list[str], env: dict[str, str] | None = None, timeout: float = 6
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_healthy(url, proc, timeout, log)
+            try:
+                wait_healthy(url, proc, timeout)
+            except ServerFailed as exc:
+                raise ServerFailed(f"`slmserve serve` failed: {exc}:\n{_tail(log)}") from exc
             yield Served(url=url, pid=proc.pid, load_s=time.perf_counter() - start)
         finally:
             proc.terminate()
@@ -72,18 +75,19 @@ def serve(args: list[str], env: dict[str, str] | None = None, timeout: float = 6
                 proc.wait()
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, path: str = "/health") -> None:
+    """Return once url+path answers 200; ServerFailed if proc exits first or timeout seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServerFailed(f"`slmserve serve` exited with code {proc.returncode}:\n{_tail(log)}")
+            raise ServerFailed(f"{url}: the server exited with code {proc.returncode}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.05)
-    raise ServerFailed(f"`slmserve serve` was not healthy after {timeout:.0f} s:\n{_tail(log)}")
+        time.sleep(0.02)
+    raise ServerFailed(f"{url} was not healthy after {timeout:.0f} s")
 
 
 def _tail(log, lines: int = 15) -> str:
