@@ -185,8 +185,6 @@ class AppState:
     async def load_all(self) -> None:
         """Load the models one after another, the default first; a model that fails does not stop the others."""
         for state in self.models.values():
-            state.loading = True  # /health says "loading" for the ones still waiting their turn
-        for state in self.models.values():
             try:
                 await state.load()
             except errors.APIError as exc:

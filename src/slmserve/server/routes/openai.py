@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from slmserve.server import errors, serving_tokens
+from slmserve.server import serving_tokens
 from slmserve.server.app_state import AppState, get_app_state
 from slmserve.server.protocol import embeddings as pe
 from slmserve.server.protocol import openai as oa
@@ -26,11 +26,10 @@ def _respond(result):
 async def list_models(state: AppState = Depends(get_app_state)) -> oa.ModelList:
     """Every loaded model, the default first, each followed by its LoRA adapters."""
     cards = []
-    for name in state.models:
-        try:
-            model = state.serving_for(name).model
-        except errors.APIError:  # loading, failed or unloaded: not servable now
+    for each in state.models.values():
+        if each.serving is None:  # loading, failed or unloaded: not servable now
             continue
+        model = each.serving.model
         cards.append(oa.ModelCard(id=model.name, max_model_len=model.max_model_len, weights=model.weights))
         cards += [oa.ModelCard(id=a, parent=model.name, max_model_len=model.max_model_len) for a in model.adapters]
     if not cards:
