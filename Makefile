@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e .
 	touch $@
 
-# The tests cover both engines and the tools, so they install the torch and tools extras (torch==2.13.0: the CPU
-# wheel on disk).
+# The tests cover both engines, the tools and the cluster, so they install those extras (torch==2.13.0: the CPU
+# wheel on disk; ray[serve]: a ~79 MB wheel).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PIP_INSTALL) -e '.[test,torch,tools]'
+	$(PIP_INSTALL) -e '.[test,torch,tools,cluster]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -23,6 +23,9 @@ import typer
 from slmserve.settings import Settings
 from slmserve.tools import cli as tools_cli
 
+# Flags that may be given more than once (`--model a --model b`), Ollama-style.
+REPEATABLE = {"model"}
+
 app = typer.Typer(help="slmserve: a fast, concurrent server for small language models.", no_args_is_help=True)
 
 
@@ -34,7 +37,7 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for name, info in Settings.model_fields.items():
         if name in names:
             continue
-        kind = _plain_type(info.annotation)
+        kind = list[str] if name in REPEATABLE else _plain_type(info.annotation)
         flag = "--" + name.replace("_", "-")
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
         help_text = f"{info.description} (env SLMSERVE_{name.upper()})"
@@ -53,7 +56,10 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _parse(name: str, value: Any) -> Any:
-    """List settings take a JSON list (as in env/.env) or comma-separated words on the command line."""
+    """List settings take a JSON list (as in env/.env) or comma-separated words on the command line; a repeatable
+    flag's values join into the field's comma-separated form."""
+    if name in REPEATABLE:
+        return ",".join(value)
     if typing.get_origin(Settings.model_fields[name].annotation) is list and isinstance(value, str):
         return json.loads(value) if value.lstrip().startswith("[") else [w for w in value.split(",") if w.strip()]
     return value
@@ -80,7 +86,42 @@ def serve(settings: Settings) -> None:
     from slmserve.server.app import create_app
 
     _logging(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(_checked(create_app, settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _checked(make: Callable[..., Any], *args: Any) -> Any:
+    """make(*args); a ValueError (two models of one name, a bad option) is a usage error: exit 2 with its text."""
+    try:
+        return make(*args)
+    except ValueError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+@_settings_options
+def cluster(
+    settings: Settings,
+    replicas: Annotated[int, typer.Option(help="Model-host replicas per model (fixed).")] = 1,
+    min_replicas: Annotated[int, typer.Option(help="Autoscaling: fewest replicas (with --max-replicas).")] = 1,
+    max_replicas: Annotated[int | None, typer.Option(help="Autoscaling: most replicas; turns autoscaling on.")] = None,
+    target_ongoing_requests: Annotated[float, typer.Option(help="Autoscaling: requests per replica to aim at.")] = 16,
+    threads: Annotated[int, typer.Option(help="llama.cpp threads per replica.")] = 1,
+    drain_seconds: Annotated[float, typer.Option(help="On stop, replicas finish requests for this long.")] = 30,
+) -> None:
+    """Serve on a local Ray Serve cluster: a gateway, N model-host replicas per model (extra slmserve\\[cluster])."""
+    try:
+        from slmserve.cluster.app import ClusterOptions
+        from slmserve.cluster.run import run_cluster
+    except ImportError as exc:
+        typer.echo(f"Error: the cluster needs Ray Serve: pip install 'slmserve[cluster]' ({exc})", err=True)
+        raise typer.Exit(1) from exc
+    _logging(settings)
+    options = _checked(
+        ClusterOptions, replicas, min_replicas, max_replicas, target_ongoing_requests, threads, drain_seconds
+    )
+    _checked(settings.per_model)
+    run_cluster(settings, options)
 
 
 @app.command()

@@ -4,6 +4,10 @@ import json
 import subprocess
 import sys
 
+import httpx
+
+from slmserve.tools.launch import free_port, wait_healthy
+
 
 def slmserve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -50,3 +54,19 @@ def test_models_names_the_file_and_the_layout_auto_runs(tmp_path):
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in r.stdout
     assert "weights: q4_1; auto runs q4_0 (79% of the weights (q4_1) miss AVX2's fast kernels)" in r.stdout
     assert f"made on first start into {tmp_path}/weights" in r.stdout
+
+
+def test_serve_takes_model_more_than_once_and_refuses_two_models_of_one_name():
+    r = slmserve("serve", "--model", "smollm2-135m-instruct", "--model", "smollm2-135m-instruct", timeout=60)
+    assert r.returncode == 2 and "two models are served as 'smollm2-135m-instruct'" in r.stderr
+    assert "Traceback" not in r.stderr
+    port = free_port()
+    cli = [sys.executable, "-m", "slmserve.cli", "serve", "--port", str(port), "--max-running", "2"]
+    proc = subprocess.Popen([*cli, "--model", "smollm2-135m-instruct", "--model", "second=smollm2-135m-instruct"])
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, 120)
+        names = [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]
+        assert names == ["smollm2-135m-instruct", "second"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -26,6 +26,12 @@ from slmserve.engine.structured import Constraint
 log = logging.getLogger(__name__)
 
 
+def accepted(request_id: str, num_prompt_tokens: int) -> RequestOutput:
+    """The empty output an engine client yields first, once the engine has taken a request: a streamed response
+    waits for it before its headers go out, so a refusal is still an HTTP status (see serving.primed)."""
+    return RequestOutput(request_id, "", [], num_prompt_tokens, 0)
+
+
 class EngineDeadError(RuntimeError):
     """The engine thread is stopped; requests cannot be served."""
 
@@ -101,6 +107,11 @@ class AsyncEngine:
     def max_waiting(self) -> int:
         return self.engine.scheduler.max_waiting
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread still serves."""
+        return self._error is None and self._thread.is_alive()
+
     def shutdown(self) -> None:
         """Stop the engine thread; requests still in flight get EngineDeadError."""
         self._commands.put(None)
@@ -170,7 +181,8 @@ class AsyncEngine:
         request_id: str | None = None,
         adapter: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs until it finishes. Raises QueueFullError at once when over capacity."""
+        """Yield the request's outputs until it finishes, the first an empty one once the engine has taken it.
+        Raises QueueFullError at once when over capacity."""
         if self._error is not None:
             raise self._error
         if self.num_waiting >= self.max_waiting:
@@ -189,6 +201,7 @@ class AsyncEngine:
         self._commands.put(_Add(request_id, prompt_token_ids, params, adapter, constraint, _Sink(loop, outputs)))
         finished = False
         try:
+            yield accepted(request_id, len(prompt_token_ids))
             while not finished:
                 item = await outputs.get()
                 if isinstance(item, BaseException):

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     name: str
     path: Path | None  # None for a hub id
-    engine: Engine
-    runner: Runner
+    engine: Engine | None  # None in a cluster's gateway: the model hosts run the engine
+    runner: Runner  # or, in a gateway, the vocabulary alone (LlamaCppVocab)
     tokenizer: Tokenizer
     chat_template: ChatTemplate | HFChatTemplate
     max_model_len: int  # the most tokens (prompt + completion) one request may use
@@ -35,7 +35,8 @@ class LoadedModel:
         return str(self.path) if self.path is not None else self.name
 
     def close(self) -> None:
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
         self.runner.close()
 
 
@@ -93,7 +94,6 @@ def _load_weights(settings: Settings, path: Path) -> tuple[object, weights.Weigh
 def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
     runner, plan = _load_weights(settings, source.path)
     log.info("weights: %s from %s (%s)", plan.description, plan.path, plan.reason)
-    tok = runner.tokenizer
     # Without a unified KV buffer llama.cpp splits the context evenly between the slots.
     per_seq = runner.n_ctx if settings.kv_unified else runner.n_ctx // settings.max_running
     max_model_len = min(per_seq, runner.n_ctx_train, settings.max_model_len or per_seq)
@@ -105,14 +105,48 @@ def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
         # Split streams hold per_seq cells each and no request exceeds that, so the total is n_ctx either way.
         kv_capacity=runner.n_ctx,
     )
-    template = ChatTemplate(
+    log.info("llama.cpp context %d, %d slots", runner.n_ctx, settings.max_running)
+    return LoadedModel(
+        settings.model_name,
+        source.path,
+        engine,
+        runner,
+        runner.tokenizer,
+        _template(runner),
+        max_model_len,
+        weights=plan.description,
+    )
+
+
+def _template(runner) -> ChatTemplate:
+    """The chat template a GGUF file carries, with its BOS and EOS spelled out."""
+    tok = runner.tokenizer
+    return ChatTemplate(
         runner.metadata.get("tokenizer.chat_template"),
         bos_token=tok.token_text(tok.bos_token_id) if tok.bos_token_id >= 0 else "",
         eos_token=tok.token_text(tok.eos_token_id) if tok.eos_token_id >= 0 else "",
     )
-    log.info("llama.cpp context %d, %d slots", runner.n_ctx, settings.max_running)
+
+
+def load_vocab(settings: Settings, max_model_len: int, weights_description: str | None) -> LoadedModel:
+    """The model as a cluster's gateway holds it: tokenizer and chat template, no weights and no engine (the model
+    hosts run those and report max_model_len and the weights). GGUF models only, for now. Raises ValueError."""
+    from slmserve.engine.runner_llamacpp import LlamaCppVocab
+
+    settings = settings.per_model()[0]
+    source = resolve_model(settings.model)
+    if source.format != "gguf":
+        raise ValueError(f"the cluster serves GGUF models; {settings.model!r} is a Hugging Face model")
+    vocab = LlamaCppVocab(source.path)
     return LoadedModel(
-        settings.model_name, source.path, engine, runner, tok, template, max_model_len, weights=plan.description
+        settings.model_name,
+        source.path,
+        None,
+        vocab,
+        vocab.tokenizer,
+        _template(vocab),
+        max_model_len,
+        weights=weights_description,
     )
 
 

@@ -62,6 +62,39 @@ class LlamaCppTokenizer:
         return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
 
 
+def read_metadata(model: C.llama_model_p) -> dict[str, str]:
+    """A GGUF model's metadata: key -> value as text."""
+    meta = {}
+    buf = ctypes.create_string_buffer(1 << 20)  # chat templates can be long
+    for i in range(C.llama_model_meta_count(model)):
+        n = C.llama_model_meta_key_by_index(model, i, buf, len(buf))
+        key = buf.value[:n].decode("utf-8", errors="replace")
+        n = C.llama_model_meta_val_str_by_index(model, i, buf, len(buf))
+        meta[key] = buf.value[:n].decode("utf-8", errors="replace")
+    return meta
+
+
+class LlamaCppVocab:
+    """A GGUF file's vocabulary and metadata without its weights (llama.cpp's vocab_only load, a few MB): what a
+    cluster's gateway needs to tokenize prompts and render chat templates while model hosts hold the weights."""
+
+    def __init__(self, model_path: Path) -> None:
+        C.llama_backend_init()
+        params = C.llama_model_default_params()
+        params.vocab_only = True
+        self.model = C.llama_model_load_from_file(str(model_path).encode(), params)
+        if not self.model:
+            raise ValueError(f"llama.cpp could not read the vocabulary of {model_path}")
+        self.tokenizer = LlamaCppTokenizer(self.model)
+        self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
+        self.metadata = read_metadata(self.model)
+
+    def close(self) -> None:
+        if self.model:
+            C.llama_model_free(self.model)
+            self.model = None
+
+
 class LlamaCppRunner:
     """Owns the llama.cpp model and context. Used from the engine thread only."""
 
@@ -84,7 +117,7 @@ class LlamaCppRunner:
             raise ValueError(f"llama.cpp could not load {model_path}")
         self.tokenizer = LlamaCppTokenizer(self.model)
         self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
-        self.metadata = self._read_metadata()
+        self.metadata = read_metadata(self.model)
         # No request can use more than the trained context, so no slot is given more KV than that; llama.cpp
         # rounds each split stream up to a multiple of 256 cells, which we do here so n_ctx says what is held.
         if kv_unified:
@@ -127,16 +160,6 @@ class LlamaCppRunner:
         self._batch.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         self._batch.seq_id = self._seq_id_ptrs
         self._batch.logits = self._logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-
-    def _read_metadata(self) -> dict[str, str]:
-        meta = {}
-        buf = ctypes.create_string_buffer(1 << 20)  # chat templates can be long
-        for i in range(C.llama_model_meta_count(self.model)):
-            n = C.llama_model_meta_key_by_index(self.model, i, buf, len(buf))
-            key = buf.value[:n].decode("utf-8", errors="replace")
-            n = C.llama_model_meta_val_str_by_index(self.model, i, buf, len(buf))
-            meta[key] = buf.value[:n].decode("utf-8", errors="replace")
-        return meta
 
     def run(self, batch: Batch) -> np.ndarray:
         """Decode all chunks in one llama_decode; logits [N, V] for the chunks that end their sequence."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,16 @@ from slmserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# How a model gets served: its settings -> the model as the server holds it, and the engine client to run it with.
+# Raises FileNotFoundError or ValueError saying why it cannot.
+Connect = Callable[[Settings], Awaitable[tuple[LoadedModel, EngineClient]]]
+
+
+async def run_here(settings: Settings) -> tuple[LoadedModel, EngineClient]:
+    """The single process: load the weights here and run the engine on a thread of this process."""
+    model = await asyncio.to_thread(load_model, settings)
+    return model, AsyncEngine(model.engine)
+
 
 @dataclass
 class ModelState:
@@ -32,6 +43,7 @@ class ModelState:
     settings: Settings  # this model's own: `model` holds its one source, served_model_name its name
     metrics: Metrics = field(default_factory=Metrics)
     content_filter: ContentFilter | None = None
+    connect: Connect = run_here
     model: LoadedModel | None = None
     engine: EngineClient | None = None
     serving: Serving | None = None
@@ -47,9 +59,9 @@ class ModelState:
     def name(self) -> str:
         return self.settings.model_name
 
-    def attach(self, model: LoadedModel) -> None:
-        """Serve a loaded model: start its engine thread."""
-        self.engine = AsyncEngine(model.engine)
+    def attach(self, model: LoadedModel, engine: EngineClient | None = None) -> None:
+        """Serve a loaded model with its engine client (None: start an engine thread on its engine here)."""
+        self.engine = engine or AsyncEngine(model.engine)
         self.serving = Serving(model, self.engine, self.metrics, self.settings, self.content_filter)
         self.model, self.load_error = model, None
 
@@ -86,13 +98,13 @@ class ModelState:
                 return False
             self.loading = True
             try:
-                loaded = await asyncio.to_thread(load_model, self.settings)
+                loaded, engine = await self.connect(self.settings)
             except (FileNotFoundError, ValueError) as exc:
                 self.load_error = str(exc)
                 raise errors.not_ready("error", self.load_error) from exc
             finally:
                 self.loading = False
-            self.attach(loaded)
+            self.attach(loaded, engine)
             return True
 
     async def unload(self, drain_seconds: float = 60.0) -> bool:
@@ -154,13 +166,16 @@ class ModelState:
 
 class AppState:
     """Every served model by name (the first is the default), sharing one metrics registry and content filter;
-    lives on app.state.slm. ValueError for a model list that names two models alike."""
+    lives on app.state.slm. `connect` says where engines run (this process, or a cluster's model hosts).
+    ValueError for a model list that names two models alike."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, connect: Connect = run_here) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.content_filter = ContentFilter(settings.blocked_words)
-        self.models = {s.model_name: ModelState(s, self.metrics, self.content_filter) for s in settings.per_model()}
+        self.models = {
+            s.model_name: ModelState(s, self.metrics, self.content_filter, connect) for s in settings.per_model()
+        }
         self.default = next(iter(self.models.values()))
         states = list(self.models.values())
         self.metrics.bind_gauges(lambda: sum(m.num_running for m in states), lambda: sum(m.num_waiting for m in states))

@@ -38,7 +38,10 @@ class CancelOnDisconnect:
 
         async def watch() -> None:
             await body_read.wait()
-            while (await receive())["type"] != "http.disconnect":
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # noqa: BLE001 - a receive that fails (Ray Serve's, when its task is cancelled) is a hang-up
                 pass
             gone.set()
 

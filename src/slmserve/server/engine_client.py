@@ -36,7 +36,8 @@ class EngineClient(Protocol):
         request_id: str | None = None,
         adapter: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """The request's outputs until it finishes; raises QueueFullError when over capacity."""
+        """The request's outputs until it finishes, the first an empty one (`accepted`) once an engine has taken
+        it; raises QueueFullError when over capacity."""
         ...
 
     @property

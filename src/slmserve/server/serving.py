@@ -263,6 +263,29 @@ async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def primed(stream: AsyncIterator[T]) -> AsyncIterator[T]:
+    """The stream with its first item already awaited: an engine's `accepted` output, given once it has taken the
+    request. So a streamed response starts only after that, and a refusal (a full queue: 429) or a dead engine is
+    an HTTP error with its status, not an SSE event after a 200; and a cluster knows which replica serves it
+    before the headers go out."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+
+    async def rest() -> AsyncIterator[T]:
+        if first is None:
+            return
+        try:
+            yield first
+            async for item in stream:
+                yield item
+        finally:
+            await stream.aclose()
+
+    return rest()
+
+
 def usage(prompt_tokens: int, choices: list[Choice]) -> oa.Usage:
     completion = sum(c.num_tokens for c in choices)
     return oa.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)

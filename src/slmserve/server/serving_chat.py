@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from slmserve.models.chat_template import text_of
 from slmserve.server.protocol import openai as oa
-from slmserve.server.serving import Choice, Serving, now, sse_stream, usage
+from slmserve.server.serving import Choice, Serving, now, primed, sse_stream, usage
 from slmserve.server.tools import CallStream, ToolUse, render_history
 
 
@@ -24,7 +24,7 @@ async def create_chat_completion(
     params = serving.sampling_params(req, len(prompt_ids), top, await serving.grammar(req.response_format, tool_use))
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        stream = serving.stream_choices(prompt_ids, params, req.n, adapter)
+        stream = await primed(serving.stream_choices(prompt_ids, params, req.n, adapter))
         return sse_stream(_chunks(serving, stream, name, len(prompt_ids), req.n, include_usage, tool_use))
     choices = await serving.collect(prompt_ids, params, req.n, adapter)
     return oa.ChatCompletion(

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from slmserve.server import errors
 from slmserve.server.protocol import openai as oa
-from slmserve.server.serving import Choice, Serving, merge, now, sse_stream, usage
+from slmserve.server.serving import Choice, Serving, merge, now, primed, sse_stream, usage
 
 
 def _prompts(serving: Serving, prompt) -> list[list[int]]:
@@ -38,7 +38,9 @@ async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.C
     echo = [serving.model.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return sse_stream(_chunks(serving, req, adapter, prompts, params, echo, include_usage))
+        streams = [serving.stream_choices(ids, p, req.n, adapter) for ids, p in zip(prompts, params, strict=True)]
+        stream = await primed(merge(streams))
+        return sse_stream(_chunks(serving, req, adapter, prompts, stream, echo, include_usage))
     results = await asyncio.gather(
         *(serving.collect(ids, p, req.n, adapter) for ids, p in zip(prompts, params, strict=True))
     )
@@ -59,7 +61,7 @@ async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.C
     return oa.Completion(model=adapter or serving.model.name, choices=choices, usage=usage(prompt_tokens, all_choices))
 
 
-async def _chunks(serving: Serving, req, adapter, prompts, params, echo, include_usage) -> AsyncIterator[oa.Completion]:
+async def _chunks(serving: Serving, req, adapter, prompts, stream, echo, include_usage) -> AsyncIterator[oa.Completion]:
     head = oa.Completion(model=adapter or serving.model.name, created=now(), choices=[])
     n = req.n
     for k in range(len(prompts)):
@@ -67,8 +69,7 @@ async def _chunks(serving: Serving, req, adapter, prompts, params, echo, include
             if echo[k]:
                 yield head.model_copy(update={"choices": [oa.CompletionChoice(index=k * n + i, text=echo[k])]})
     choices = [Choice(i) for i in range(len(prompts) * n)]
-    streams = [serving.stream_choices(ids, p, n, adapter) for ids, p in zip(prompts, params, strict=True)]
-    async for k, (i, out) in merge(streams):
+    async for k, (i, out) in stream:
         choices[k * n + i].add(out)
         if out.text or out.finished:
             choice = oa.CompletionChoice(

@@ -1,0 +1,82 @@
+"""A local Ray Serve cluster (`slmserve cluster`): a gateway and 2 model-host replicas of one thread each,
+started once for the module's tests, in its own session so a signal to it reaches only it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+HOST_TITLE = "ServeReplica:slmserve:host-"
+
+
+class Cluster:
+    def __init__(self, *args: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"slmserve-cluster-{port}.log"
+        cli = [sys.executable, "-m", "slmserve.cli", "cluster", "--port", str(port), *args]
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(cli, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 180) -> Cluster:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"slmserve cluster exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the cluster was not healthy in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def processes(self) -> list[psutil.Process]:
+        """The cluster's processes: the command and everything it started (Ray's head, workers, replicas)."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def hosts(self) -> list[psutil.Process]:
+        """The live model-host replica processes."""
+        out = []
+        for p in self.processes():
+            try:
+                if any(HOST_TITLE in part for part in p.cmdline()):
+                    out.append(p)
+            except psutil.Error:
+                pass
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                for p in self.processes():
+                    p.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # 8 slots and 24 waiting places a replica: 2 replicas hold 64 requests, and Ray's queue 24 more; past
+    # that, 429. Small enough that the backpressure test can reach it.
+    live = Cluster("--replicas", "2", "--threads", "1", "--max-running", "8", "--max-waiting", "24")
+    live.wait_healthy()
+    yield live
+    live.stop()
