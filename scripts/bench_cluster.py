@@ -1,0 +1,101 @@
+"""The cost of the cluster's gateway hop: the single process against `slmserve cluster` on the same machine.
+
+Servers (in this order each round): the single process (`slmserve serve`, --n-threads 2), the cluster with 1
+model-host replica of 2 threads, and with 2 replicas of 1 thread. Each gets `slmserve bench` (streaming chat,
+greedy, EOS banned, so every request yields exactly --max-tokens) at each concurrency; rounds alternate the
+servers so each one's figures sit minutes from its peers'. The summary takes the median over rounds and puts
+each cluster's tok/s and TTFT beside the single process's. Writes one JSON per server and round, and summary.json.
+
+    python scripts/bench_cluster.py --out docs/bench/cluster [--rounds 2] [--concurrency 1,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from slmserve.bench import BenchConfig, print_report, run_bench, write_json
+from slmserve.tools.launch import free_port, wait_healthy
+
+SERVERS = {
+    "single": ["serve", "--n-threads", "2"],
+    "cluster-1x2": ["cluster", "--replicas", "1", "--threads", "2"],
+    "cluster-2x1": ["cluster", "--replicas", "2", "--threads", "1"],
+}
+
+
+def bench_server(name: str, args, round_no: int) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "slmserve.cli", *SERVERS[name], "--port", str(port)]
+    started = time.perf_counter()
+    # Its own session: Ray's head processes are the cluster command's children, and only it hears the SIGTERM.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_healthy(url, proc, 300)
+        startup = time.perf_counter() - started
+        config = BenchConfig(
+            url=url, levels=args.concurrency, requests=None, max_tokens=args.max_tokens, ignore_eos=True,
+            eos_token_ids=[0, 2], model=None, prompt="Tell me a story about a cat.", label=name,
+        )  # fmt: skip
+        results = asyncio.run(run_bench(config))
+        print_report(config, results)
+        write_json(args.out / f"{name}.round{round_no}.json", config, results)
+        return {"server": name, "round": round_no, "startup_to_health_s": round(startup, 2), "results": results}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+
+
+def summarize(runs: list[dict], levels: list[int]) -> dict:
+    def median(server: str, level: int, field: str) -> float:
+        picked = [r for run in runs if run["server"] == server for r in run["results"] if r.concurrency == level]
+        values = [getattr(r, field) for r in picked]
+        return statistics.median(values)
+
+    out = {}
+    for server in SERVERS:
+        row = {}
+        for level in levels:
+            tps, ttft = median(server, level, "tokens_per_s"), median(server, level, "ttft_p50_s")
+            base_tps, base_ttft = median("single", level, "tokens_per_s"), median("single", level, "ttft_p50_s")
+            row[f"c{level}"] = {
+                "tokens_per_s": round(tps, 1),
+                "ttft_p50_ms": round(ttft * 1000, 1),
+                "throughput_vs_single": round(tps / base_tps, 3),
+                "ttft_added_ms": round((ttft - base_ttft) * 1000, 1),
+            }
+        out[server] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("docs/bench/cluster"))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 32])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = [bench_server(name, args, r) for r in range(1, args.rounds + 1) for name in SERVERS]
+    summary = {
+        "machine": {"cpu_count": os.cpu_count()},
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "startup_to_health_s": {run["server"]: run["startup_to_health_s"] for run in runs},
+        "median": summarize(runs, args.concurrency),
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary["median"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
