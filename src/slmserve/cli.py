@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import pydantic
 import typer
+from pydantic_settings import SettingsError
 
 from slmserve.settings import Settings
 from slmserve.tools import cli as tools_cli
@@ -40,7 +42,8 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
         kind = list[str] if name in REPEATABLE else _plain_type(info.annotation)
         flag = "--" + name.replace("_", "-")
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
-        help_text = f"{info.description} (env SLMSERVE_{name.upper()})"
+        # Rich reads [word] as markup and drops it ("needs slmserve[torch]" showed as "needs slmserve"): escape it.
+        help_text = f"{info.description} (env SLMSERVE_{name.upper()})".replace("[", "\\[")
         option = typer.Option(None, *decls, help=help_text, show_default=False, rich_help_panel="Settings")
         extra.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
 
@@ -48,11 +51,25 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
         given = {k: _parse(k, kwargs.pop(k)) for k in list(kwargs) if k not in names and kwargs[k] is not None}
         for k in [k for k in kwargs if k not in names]:
             kwargs.pop(k)
-        return func(settings=Settings(**given), **kwargs)
+        return func(settings=_settings(given), **kwargs)
 
     wrapper.__signature__ = inspect.Signature([*own, *extra])
     wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
     return wrapper
+
+
+def _settings(given: dict[str, Any]) -> Settings:
+    """Settings from flags, env and .env; a bad value is one line per problem naming where to fix it, exit 2."""
+    try:
+        return Settings(**given)
+    except pydantic.ValidationError as exc:
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            where = f"--{name.replace('_', '-')}" if name in given else f"SLMSERVE_{name.upper()} (env or .env)"
+            typer.echo(f"Error: {where} = {err.get('input')!r}: {err['msg']}", err=True)
+    except SettingsError as exc:
+        typer.echo(f"Error: {exc} ({exc.__cause__})" if exc.__cause__ else f"Error: {exc}", err=True)
+    raise typer.Exit(2)
 
 
 def _parse(name: str, value: Any) -> Any:
@@ -86,7 +103,21 @@ def serve(settings: Settings) -> None:
     from slmserve.server.app import create_app
 
     _logging(settings)
-    uvicorn.run(_checked(create_app, settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    app = _checked(create_app, settings)
+    _checked(_check_sources, settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _check_sources(settings: Settings) -> None:
+    """ValueError naming a model that is not there, before the server starts: a server that can never load the
+    model it was started with exits at once (restart policies of systemd, Docker and Ray depend on that)."""
+    from slmserve.models.registry import resolve_model
+
+    for each in settings.per_model():
+        try:
+            resolve_model(each.model)
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from exc
 
 
 def _checked(make: Callable[..., Any], *args: Any) -> Any:

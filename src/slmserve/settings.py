@@ -6,16 +6,31 @@ below. The CLI builds its flags from these fields, so flags, env vars and `--hel
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Default tokens a request may use (prompt + completion) per backend. Measured on llama.cpp at 32 concurrent
 # requests: 512, 2048 and 4096 a slot run at the same speed (split streams attend only the cells a slot uses);
 # 2048 keeps peak RSS near 1 GiB (docs/PERFORMANCE.md, "Context").
 SLOT_TOKENS = {"llama.cpp": 2048, "torch": 512}
+
+
+def _words(value: object) -> object:
+    """A list setting from text: a JSON list, or comma-separated words (`hate,violence`); '' is the empty list."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        return json.loads(value)
+    return [w.strip() for w in value.split(",") if w.strip()]
+
+
+# A list of words that env vars and .env may give as JSON or comma-separated (NoDecode: pydantic-settings would
+# otherwise insist on JSON and fail with a traceback on `SLMSERVE_BLOCKED_WORDS=hate,violence`).
+Words = Annotated[list[str], NoDecode, BeforeValidator(_words)]
 
 
 class Settings(BaseSettings):
@@ -50,7 +65,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="torch engine: weight precision; auto is float32 on CPU, bfloat16 on CUDA."
     )
-    lora: list[str] = Field(
+    lora: Words = Field(
         [],
         description=(
             "torch engine: LoRA adapters to serve from the start, NAME=PATH[,NAME=PATH...]. A request picks one "
@@ -66,7 +81,7 @@ class Settings(BaseSettings):
     )
     max_running: int = Field(32, ge=1, le=256, description="Sequences decoded together in one step.")
     max_waiting: int = Field(
-        256, ge=0, description="Requests allowed to wait for a slot; past this the API answers 429."
+        256, ge=1, description="Requests allowed to wait for a slot; past this the API answers 429."
     )
     ctx_size: int | None = Field(
         None,
@@ -99,7 +114,7 @@ class Settings(BaseSettings):
         "q8_0", description="KV cache precision; q8_0 halves its memory at no measured speed cost."
     )
     retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 429.")
-    blocked_words: list[str] = Field(
+    blocked_words: Words = Field(
         ["hate", "violence"],
         description="Content filter: user input holding one of these whole words (any case) is refused with 400.",
     )

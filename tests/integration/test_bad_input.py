@@ -71,3 +71,12 @@ def test_health_and_metrics(server):
         "slmserve_generation_tokens_total",
     ]:
         assert name in text
+
+
+def test_more_prompts_than_the_queue_can_ever_hold_is_a_400_not_a_429(server):
+    # 256 waiting places: 300 prompts could never be admitted, so a retry (what a 429 invites) would never succeed.
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": ["hi"] * 300, "max_tokens": 1}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    assert "300 sequences" in r.json()["error"]["message"] and "256" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": ["hi"] * 3, "max_tokens": 1}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 3

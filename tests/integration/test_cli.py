@@ -70,3 +70,14 @@ def test_serve_takes_model_more_than_once_and_refuses_two_models_of_one_name():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_exits_at_once_with_the_reason_when_its_model_is_not_there():
+    r = slmserve("serve", "--model", "/nonexistent.gguf", timeout=60)
+    assert r.returncode == 2 and "Error: no model '/nonexistent.gguf'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_help_keeps_bracketed_words_that_rich_would_eat():
+    r = slmserve("serve", "--help", timeout=60)
+    assert r.returncode == 0 and "slmserve[torch]" in r.stdout.replace("\n", " ").replace("│", "")

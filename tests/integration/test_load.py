@@ -157,3 +157,28 @@ def test_without_max_tokens_the_answer_may_use_the_rest_of_the_context(tiny_serv
     r = httpx.post(f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
     assert r.json()["usage"]["total_tokens"] == 512
+
+
+def test_under_a_flood_a_stream_is_refused_with_429_before_it_starts_or_it_finishes(tiny_server):
+    """Admission is decided before a stream's headers (#15): never a 200 whose stream then says rate_limit_exceeded."""
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[int, str | None, list[str]]:
+        body = chat_body(f"Say {i}.", max_tokens=8, stream=True)
+        async with client.stream("POST", f"{tiny_server.url}/v1/chat/completions", json=body) as r:
+            lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+            return r.status_code, r.headers.get("retry-after"), lines
+
+    async def flood() -> list:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=32)) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(16)))
+
+    results = asyncio.run(flood())
+    statuses = [status for status, _, _ in results]
+    assert 200 in statuses and 429 in statuses, statuses  # 1 slot + 1 waiting place: most are refused
+    for status, retry_after, lines in results:
+        if status == 429:
+            assert retry_after == "3"
+        else:
+            assert status == 200 and lines[-1] == "data: [DONE]"
+            assert not any('"error"' in line for line in lines)
+            assert '"finish_reason":"length"' in lines[-2] or '"finish_reason":"stop"' in lines[-2]

@@ -1,8 +1,11 @@
 """The app without a model: health while loading or after a failed load, settings, and the CLI's flags."""
 
+import os
 import subprocess
 import sys
 
+import pydantic
+import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -59,7 +62,7 @@ def test_bad_flag_values_are_refused_before_anything_loads():
     r = subprocess.run(
         [sys.executable, "-m", "slmserve.cli", "serve", "--max-running", "0"], capture_output=True, text=True
     )
-    assert r.returncode != 0 and "max_running" in (r.stdout + r.stderr)
+    assert r.returncode == 2 and r.stderr == "Error: --max-running = 0: Input should be greater than or equal to 1\n"
 
 
 def test_list_settings_take_json_or_commas_on_the_command_line(monkeypatch):
@@ -70,3 +73,38 @@ def test_list_settings_take_json_or_commas_on_the_command_line(monkeypatch):
         result = CliRunner().invoke(cli, ["generate", "hi", "--blocked-words", flag])
         assert result.exit_code == 0, result.output
         assert seen["s"].blocked_words == words
+
+
+def test_the_openapi_document_names_metrics_and_slm_stream_by_their_real_media_types():
+    with TestClient(create_app(Settings(model="/nonexistent.gguf"))) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    stream = paths["/slm/stream"]["post"]["responses"]["200"]["content"]
+    assert "application/json" not in metrics and any(t.startswith("text/plain") for t in metrics)
+    assert "application/json" not in stream and "text/event-stream" in stream
+
+
+def test_max_waiting_0_is_refused_at_start_since_it_would_refuse_every_request():
+    with pytest.raises(pydantic.ValidationError, match="max_waiting"):
+        Settings(max_waiting=0)
+
+
+def test_a_bad_env_value_is_one_line_naming_the_variable_not_a_traceback(tmp_path):
+    env = {**os.environ, "SLMSERVE_PORT": "abc"}
+    r = subprocess.run(
+        [sys.executable, "-m", "slmserve.cli", "serve"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "Error: SLMSERVE_PORT (env or .env) = 'abc': Input should be a valid integer, unable to parse string as an "
+        "integer"
+    ]
+
+
+def test_list_settings_take_comma_separated_words_as_well_as_json(monkeypatch):
+    monkeypatch.setenv("SLMSERVE_BLOCKED_WORDS", "hate, violence")
+    assert Settings().blocked_words == ["hate", "violence"]
+    monkeypatch.setenv("SLMSERVE_BLOCKED_WORDS", '["spam"]')
+    assert Settings().blocked_words == ["spam"]
+    monkeypatch.setenv("SLMSERVE_BLOCKED_WORDS", "")
+    assert Settings().blocked_words == []  # the filter off

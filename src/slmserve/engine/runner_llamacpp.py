@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import weakref
 from pathlib import Path
 
 import llama_cpp as C
@@ -18,10 +19,23 @@ log = logging.getLogger(__name__)
 _KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0}
 
 
+class ModelWeights:
+    """A loaded llama.cpp model, freed when its last holder lets go: the runner, and the tokenizer, whose vocabulary
+    lives inside the model. A request that took the tokenizer before an unload may still tokenize with it after;
+    freeing the model under it crashed the process in libllama (issue #15), so the free waits for the tokenizer."""
+
+    def __init__(self, path: Path, params) -> None:
+        self.ptr = C.llama_model_load_from_file(str(path).encode(), params)
+        # finalize holds the pointer, not self: it runs once nothing refers to this object (or at exit).
+        self.freed = weakref.finalize(self, C.llama_model_free, self.ptr) if self.ptr else None
+
+
 class LlamaCppTokenizer:
     """Tokenizer of a loaded GGUF model, each token's bytes cached for the detokenizer's hot path."""
 
-    def __init__(self, model: C.llama_model_p) -> None:
+    def __init__(self, weights: ModelWeights) -> None:
+        self._weights = weights  # keeps the model, and so the vocabulary, alive as long as this tokenizer
+        model = weights.ptr
         self._vocab = C.llama_model_get_vocab(model)
         self.vocab_size = C.llama_vocab_n_tokens(self._vocab)
         self.bos_token_id = C.llama_vocab_bos(self._vocab)
@@ -82,17 +96,15 @@ class LlamaCppVocab:
         C.llama_backend_init()
         params = C.llama_model_default_params()
         params.vocab_only = True
-        self.model = C.llama_model_load_from_file(str(model_path).encode(), params)
-        if not self.model:
+        weights = ModelWeights(model_path, params)
+        if not weights.ptr:
             raise ValueError(f"llama.cpp could not read the vocabulary of {model_path}")
-        self.tokenizer = LlamaCppTokenizer(self.model)
-        self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
-        self.metadata = read_metadata(self.model)
+        self.tokenizer = LlamaCppTokenizer(weights)
+        self.n_ctx_train = C.llama_model_n_ctx_train(weights.ptr)
+        self.metadata = read_metadata(weights.ptr)
 
     def close(self) -> None:
-        if self.model:
-            C.llama_model_free(self.model)
-            self.model = None
+        """Nothing to free here: the vocabulary goes with the tokenizer's last user."""
 
 
 class LlamaCppRunner:
@@ -112,10 +124,11 @@ class LlamaCppRunner:
     ) -> None:
         llama_logger.set_verbose(verbose)
         C.llama_backend_init()
-        self.model = C.llama_model_load_from_file(str(model_path).encode(), C.llama_model_default_params())
+        self._weights = ModelWeights(model_path, C.llama_model_default_params())
+        self.model = self._weights.ptr
         if not self.model:
             raise ValueError(f"llama.cpp could not load {model_path}")
-        self.tokenizer = LlamaCppTokenizer(self.model)
+        self.tokenizer = LlamaCppTokenizer(self._weights)
         self.n_ctx_train = C.llama_model_n_ctx_train(self.model)
         self.metadata = read_metadata(self.model)
         # No request can use more than the trained context, so no slot is given more KV than that; llama.cpp
@@ -133,7 +146,7 @@ class LlamaCppRunner:
         params.no_perf = True
         self.ctx = C.llama_init_from_model(self.model, params)
         if not self.ctx:
-            C.llama_model_free(self.model)
+            self._weights.freed()
             raise ValueError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq_max={n_seq_max})")
         self.n_ctx = C.llama_n_ctx(self.ctx)
         self._memory = C.llama_get_memory(self.ctx)
@@ -254,6 +267,5 @@ class LlamaCppRunner:
         if self.ctx:
             C.llama_free(self.ctx)
             self.ctx = None
-        if self.model:
-            C.llama_model_free(self.model)
-            self.model = None
+        # The weights are freed once the tokenizer's last user lets go too (ModelWeights); at once if none holds it.
+        self.model = self._weights = None

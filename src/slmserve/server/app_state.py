@@ -7,6 +7,7 @@ the seeds' routes use the first.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -84,12 +85,15 @@ class ModelState:
         return self.engine.num_waiting if self.engine else 0
 
     def detach(self) -> None:
+        """Stop the engine and let the model go. Its weights are freed once no request holds them any more (a
+        request may still be tokenizing with them; see runner_llamacpp.ModelWeights), at once when none does."""
         if self.engine is not None:
             self.engine.shutdown()
         if self.model is not None:
             self.model.close()
         self.model = self.engine = self.serving = None
         self.slm_adapter = None
+        gc.collect()  # what only a cycle still holds goes now, not at some later collection
 
     async def load(self) -> bool:
         """Load settings.model unless loaded; True if this call loaded it. Raises APIError(503) on failure."""

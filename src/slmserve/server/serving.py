@@ -7,31 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TypeVar
-
-from pydantic import BaseModel
 
 from slmserve.engine.engine import RequestOutput
 from slmserve.engine.loader import LoadedModel
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs
-from slmserve.engine.scheduler import QueueFullError
 from slmserve.engine.structured import GrammarError, grammar_from
 from slmserve.server import errors
 from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.protocol import openai as oa
+from slmserve.server.streams import merge
 from slmserve.server.tools import ToolUse
 from slmserve.settings import Settings
-
-T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 # A grammar that takes longer than this to check is refused (llguidance's fuel limits bound it as well).
 GRAMMAR_CHECK_SECONDS = 2.0
@@ -52,14 +44,6 @@ class Choice:
         self.num_tokens = out.num_output_tokens
         self.logprobs.extend(out.logprobs)
         self.finish_reason = out.finish_reason
-
-
-def sse(payload: BaseModel | dict | str) -> str:
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump_json(exclude_none=True)
-    elif isinstance(payload, dict):
-        payload = json.dumps(payload)
-    return f"data: {payload}\n\n"
 
 
 class Serving:
@@ -158,7 +142,15 @@ class Serving:
         return grammar
 
     def admit(self, n: int) -> None:
-        """Refuse up front (429) when n more requests would overflow the waiting queue."""
+        """Refuse up front when n more sequences would overflow the waiting queue: a 429 to retry later, or a 400
+        when n alone is more than the queue holds (a retry could never succeed)."""
+        if n > self.engine.max_waiting:
+            raise errors.APIError(
+                400,
+                f"This request asks for {n} sequences (prompts x n) at once; the server queues at most "
+                f"{self.engine.max_waiting}. Split it into smaller requests.",
+                param="n",
+            )
         if self.engine.num_waiting + n > self.engine.max_waiting:
             self.metrics.rejected.inc()
             raise errors.queue_full(self.retry_after)
@@ -229,86 +221,9 @@ class Serving:
         return out
 
 
-async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
-    """Items of several async streams as they arrive, tagged with the stream's index; closing it closes all."""
-    if len(streams) == 1:
-        async for out in streams[0]:
-            yield 0, out
-        return
-    queue: asyncio.Queue[tuple[int, T] | BaseException | None] = asyncio.Queue()
-
-    async def pump(i: int, stream: AsyncIterator[T]) -> None:
-        try:
-            async for out in stream:
-                queue.put_nowait((i, out))
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer
-            queue.put_nowait(exc)
-        finally:
-            queue.put_nowait(None)
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        done = 0
-        while done < len(tasks):
-            item = await queue.get()
-            if item is None:
-                done += 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()  # a consumer that stops early aborts every choice
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def primed(stream: AsyncIterator[T]) -> AsyncIterator[T]:
-    """The stream with its first item already awaited: an engine's `accepted` output, given once it has taken the
-    request. So a streamed response starts only after that, and a refusal (a full queue: 429) or a dead engine is
-    an HTTP error with its status, not an SSE event after a 200; and a cluster knows which replica serves it
-    before the headers go out."""
-    try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        first = None
-
-    async def rest() -> AsyncIterator[T]:
-        if first is None:
-            return
-        try:
-            yield first
-            async for item in stream:
-                yield item
-        finally:
-            await stream.aclose()
-
-    return rest()
-
-
 def usage(prompt_tokens: int, choices: list[Choice]) -> oa.Usage:
     completion = sum(c.num_tokens for c in choices)
     return oa.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
-
-
-async def sse_stream(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
-    """Render chunks as SSE, ending with [DONE]; an error after the headers went out becomes an error event."""
-    try:
-        async for chunk in chunks:
-            yield sse(chunk)
-    except QueueFullError:
-        yield sse(errors.error_body(429, errors.AT_CAPACITY, code="rate_limit_exceeded"))
-    except GrammarError as exc:
-        refused = errors.invalid_grammar(str(exc))
-        yield sse(errors.error_body(refused.status, refused.message, refused.param, refused.code))
-    except errors.APIError as exc:
-        yield sse(errors.error_body(exc.status, exc.message, exc.param, exc.code))
-    except RuntimeError as exc:
-        yield sse(errors.error_body(503, str(exc), code="engine_error"))
-    except Exception:  # a fault of ours: the client still gets an error event and the end of the stream
-        log.exception("a stream failed")
-        yield sse(errors.error_body(500, "The server failed while streaming this response.", code="internal_error"))
-    yield "data: [DONE]\n\n"
 
 
 def now() -> int:

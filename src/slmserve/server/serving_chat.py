@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 from slmserve.models.chat_template import text_of
 from slmserve.server.protocol import openai as oa
-from slmserve.server.serving import Choice, Serving, now, primed, sse_stream, usage
+from slmserve.server.serving import Choice, Serving, now, usage
+from slmserve.server.streams import primed, sse_stream
 from slmserve.server.tools import CallStream, ToolUse, render_history
 
 

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 from slmserve.server import errors
 from slmserve.server.protocol import openai as oa
-from slmserve.server.serving import Choice, Serving, merge, now, primed, sse_stream, usage
+from slmserve.server.serving import Choice, Serving, now, usage
+from slmserve.server.streams import merge, primed, sse_stream
 
 
 def _prompts(serving: Serving, prompt) -> list[list[int]]:

@@ -12,7 +12,8 @@ from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import errors
 from slmserve.server.app_state import ModelState
 from slmserve.server.protocol import seeds as sd
-from slmserve.server.serving import Choice, Serving, sse, usage
+from slmserve.server.serving import Choice, Serving, usage
+from slmserve.server.streams import sse
 
 DEVICE = "cpu"
 

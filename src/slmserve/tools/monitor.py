@@ -9,6 +9,8 @@ it, not since start), CPU and resident memory from prometheus_client's process_*
 from __future__ import annotations
 
 import csv
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,12 +123,18 @@ def sample(url: str, duration: float | None, interval: float, console: Console) 
         until = f"for {duration:g} s" if duration is not None else "until Ctrl-C"
         Console(stderr=True).print(f"watching {escape(url)}/metrics every {interval:g} s {until}", highlight=False)
         start, tick = prev.at, 0
+        # Ctrl-C is the normal way to end a monitor without --duration, and the files are still written: it sets a
+        # flag the loop checks between samples, rather than a KeyboardInterrupt landing wherever the main thread
+        # is (inside rich's Live or an HTTP read, which could leave the process hanging on its way out).
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
             with Live(live_table(rows, url), console=console, refresh_per_second=4) as live:
-                while duration is None or time.monotonic() - start < duration:
-                    # Sleep to the next tick of a fixed grid, so slow scrapes do not stretch the intervals.
+                while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
+                    # Wait for the next tick of a fixed grid, so slow scrapes do not stretch the intervals.
                     tick += 1
-                    time.sleep(max(0.0, start + tick * interval - time.monotonic()))
+                    if stop.wait(max(0.0, start + tick * interval - time.monotonic())):
+                        break
                     try:
                         cur = scrape(client, url)
                     except httpx.HTTPError as exc:  # a restart or a hiccup: keep watching
@@ -135,8 +143,8 @@ def sample(url: str, duration: float | None, interval: float, console: Console) 
                     rows.append(row(prev, cur, start))
                     prev = cur
                     live.update(live_table(rows, url))
-        except KeyboardInterrupt:
-            pass  # the normal way to end a monitor without --duration: the files are still written
+        finally:
+            signal.signal(signal.SIGINT, previous)
     return rows
 
 

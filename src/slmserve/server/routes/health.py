@@ -28,6 +28,6 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "healthy", **body})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
     return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

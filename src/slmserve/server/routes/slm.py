@@ -75,7 +75,7 @@ async def generate(request: Request, req: sd.SlmGenerateRequest) -> dict:
     return await serving_seeds.slm_generate(get_state(request), req)
 
 
-@router.post("/stream")
+@router.post("/stream", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
 async def stream(request: Request, req: sd.SlmGenerateRequest) -> StreamingResponse:
     state = get_state(request)
     if state.content_filter.blocks(req.prompt):
