@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def accepted(request_id: str, num_prompt_tokens: int) -> RequestOutput:
     """The empty output an engine client yields first, once the engine has taken a request: a streamed response
-    waits for it before its headers go out, so a refusal is still an HTTP status (see serving.primed)."""
+    waits for it before its headers go out, so a refusal is still an HTTP status (see server/streams.primed)."""
     return RequestOutput(request_id, "", [], num_prompt_tokens, 0)
 
 

@@ -2,7 +2,7 @@
 
 A cluster's engine client learns the replica when the model host takes the request (its first message) and
 calls `served_by`; this middleware, outermost, puts the names in the response's headers. A streamed response
-starts only once the engine has taken the request (serving.primed), so the header is known by then. In one
+starts only once the engine has taken the request (streams.primed), so the header is known by then. In one
 process no engine client calls `served_by` and no header is added.
 """
 
