@@ -12,18 +12,16 @@ each cluster's tok/s and TTFT beside the single process's. Writes one JSON per s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from slmserve.bench import BenchConfig, print_report, run_bench, write_json
-from slmserve.tools.launch import free_port, wait_healthy
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_compare import bench_server  # noqa: E402
+
+from slmserve.tools.launch import free_port  # noqa: E402
 
 SERVERS = {
     "single": ["serve", "--n-threads", "2"],
@@ -32,33 +30,10 @@ SERVERS = {
 }
 
 
-def bench_server(name: str, args, round_no: int) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "slmserve.cli", *SERVERS[name], "--port", str(port)]
-    started = time.perf_counter()
-    # Its own session: Ray's head processes are the cluster command's children, and only it hears the SIGTERM.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_healthy(url, proc, 300)
-        startup = time.perf_counter() - started
-        config = BenchConfig(
-            url=url, levels=args.concurrency, requests=None, max_tokens=args.max_tokens, ignore_eos=True,
-            eos_token_ids=[0, 2], model=None, prompt="Tell me a story about a cat.", label=name,
-        )  # fmt: skip
-        results = asyncio.run(run_bench(config))
-        print_report(config, results)
-        write_json(args.out / f"{name}.round{round_no}.json", config, results)
-        return {"server": name, "round": round_no, "startup_to_health_s": round(startup, 2), "results": results}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=90)
-
-
 def summarize(runs: list[dict], levels: list[int]) -> dict:
     def median(server: str, level: int, field: str) -> float:
-        picked = [r for run in runs if run["server"] == server for r in run["results"] if r.concurrency == level]
-        values = [getattr(r, field) for r in picked]
+        picked = [r for run in runs if run["server"] == server for r in run["results"] if r["concurrency"] == level]
+        values = [r[field] for r in picked]
         return statistics.median(values)
 
     out = {}
@@ -84,8 +59,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 32])
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
+    args.seed_shaped = False  # bench_compare's own extra runs: not asked for here
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [bench_server(name, args, r) for r in range(1, args.rounds + 1) for name in SERVERS]
+    cli = [sys.executable, "-m", "slmserve.cli"]
+    runs = [
+        bench_server(name, [*cli, *SERVERS[name]], "/health", free_port(), args, r)
+        for r in range(1, args.rounds + 1)
+        for name in SERVERS
+    ]
     summary = {
         "machine": {"cpu_count": os.cpu_count()},
         "max_tokens": args.max_tokens,
