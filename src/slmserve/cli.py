@@ -73,13 +73,9 @@ def _settings(given: dict[str, Any]) -> Settings:
 
 
 def _parse(name: str, value: Any) -> Any:
-    """List settings take a JSON list (as in env/.env) or comma-separated words on the command line; a repeatable
-    flag's values join into the field's comma-separated form."""
-    if name in REPEATABLE:
-        return ",".join(value)
-    if typing.get_origin(Settings.model_fields[name].annotation) is list and isinstance(value, str):
-        return json.loads(value) if value.lstrip().startswith("[") else [w for w in value.split(",") if w.strip()]
-    return value
+    """A repeatable flag's values join into the field's comma-separated form. List settings pass on as text:
+    Settings reads a JSON list or comma-separated words, from flags as from env/.env."""
+    return ",".join(value) if name in REPEATABLE else value
 
 
 def _plain_type(annotation: Any) -> type:

@@ -47,8 +47,6 @@ class ModelHost:
     def info(self) -> dict:
         """What the gateway needs to serve this model without its weights."""
         return {
-            "replica": self.name,
-            "pid": os.getpid(),
             "max_model_len": self.model.max_model_len,
             "weights": self.model.weights,
             "max_running": self.settings.max_running,
@@ -60,9 +58,6 @@ class ModelHost:
         yield self.name
         async for out in self.engine.generate(req.prompt_token_ids, req.params, req.request_id, req.adapter):
             yield out
-
-    def counts(self) -> tuple[int, int]:
-        return self.engine.num_running, self.engine.num_waiting
 
     async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
         return await self.engine.embed(token_lists)

@@ -39,7 +39,6 @@ def run_cluster(settings: Settings, options) -> None:
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(app, name="slmserve", route_prefix="/", blocking=False)
-        log.info("slmserve cluster serving on http://%s:%d", settings.host, settings.port)
         print(f"slmserve cluster: serving on http://{settings.host}:{settings.port}", flush=True)
         stop.wait()
         log.info("stopping: draining replicas for up to %.0f s", options.drain_seconds)
