@@ -1,6 +1,7 @@
 """AsyncEngine: the thread bridge, with a scripted runner."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -149,3 +150,38 @@ def test_embeddings_go_to_the_runner_in_calls_within_its_bounds_and_come_back_in
     assert out.tolist() == [[i, n] for i, n in enumerate([5, 5, 5, 2, 1, 1, 1, 16, 3])]
     # Packed greedily: at most 3 inputs and 16 tokens a call.
     assert [[len(t) for t in call] for call in calls] == [[5, 5, 5], [2, 1, 1], [1], [16], [3]]
+
+
+class SlowRunner(ScriptedRunner):
+    """Holds the engine thread in a step until released, as a long prefill does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def run(self, batch):
+        self.release.wait(10)
+        return super().run(batch)
+
+
+def test_requests_whose_clients_left_before_the_engine_took_them_do_not_count_as_waiting():
+    async def main():
+        runner = SlowRunner()
+        engine = AsyncEngine(make_engine(runner))
+        params = SamplingParams(temperature=0, max_tokens=50)
+        try:
+            busy = engine.generate([1], params)
+            await anext(busy)
+            await wait_for(lambda: engine.num_running == 1)  # the engine thread is now inside a step
+            for i in range(engine.max_waiting + 10):  # each client leaves after its first (accepted) output
+                gone = engine.generate([i + 2], params)
+                await anext(gone)
+                await gone.aclose()
+            assert engine.num_waiting == 0
+            runner.release.set()
+            await busy.aclose()
+        finally:
+            runner.release.set()
+            engine.shutdown()
+
+    asyncio.run(main())

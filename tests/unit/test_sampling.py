@@ -76,3 +76,18 @@ def test_logprobs_are_a_normalised_log_distribution():
 def test_invalid_parameters_are_refused(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+def test_a_tiny_temperature_or_repetition_penalty_is_argmax_and_never_nan():
+    import warnings
+
+    logits = np.array([1.0, 3.0, 2.0, -1.0], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow or NaN in the sampler fails the test
+        for temperature in (1e-300, 5e-324, 1e-6):
+            token, _ = sample(logits, SamplingParams(temperature=temperature), np.random.default_rng(0), [], [])
+            assert token == 1
+        params = SamplingParams(temperature=1.0, repetition_penalty=1e-300)
+        for seed in range(5):
+            token, _ = sample(logits, params, np.random.default_rng(seed), [2], [])
+            assert token == 2  # the seen token's positive logit grows to the largest finite value

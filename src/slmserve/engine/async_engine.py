@@ -88,9 +88,11 @@ class AsyncEngine:
         self.engine = engine
         self._commands: queue.SimpleQueue[_Add | _Abort | _Call | None] = queue.SimpleQueue()
         self._sinks: dict[str, _Sink] = {}
-        # Each counter has one writer thread, so no lock is needed; their difference is the adds in flight.
-        self._submitted = 0  # written by the event loop
-        self._applied = 0  # written by the engine thread
+        # Requests sent to the engine thread that it has not added yet: waiting, for admission. The event loop
+        # adds an id and takes it out again when its client leaves first (a storm of streams closed at once must
+        # not count as a full queue); the engine thread takes it out when it adds the request. Set operations are
+        # atomic under the GIL.
+        self._pending: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="slmserve-engine", daemon=True)
         self._error: EngineDeadError | None = None
         self._thread.start()
@@ -101,7 +103,7 @@ class AsyncEngine:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.engine.scheduler.waiting) + self._submitted - self._applied
+        return len(self.engine.scheduler.waiting) + len(self._pending)
 
     @property
     def max_waiting(self) -> int:
@@ -190,13 +192,13 @@ class AsyncEngine:
         request_id = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self._submitted += 1  # counted as waiting from here, so admission sees it while its grammar compiles
+        self._pending.add(request_id)  # counted as waiting from here, so admission sees it while its grammar compiles
         try:
             # The grammar compiles here, off the engine thread, so a large one never stalls a step.
             compile_grammar = self.engine.grammars.matcher
             constraint = await asyncio.to_thread(compile_grammar, params.grammar) if params.grammar else None
         except BaseException:
-            self._submitted -= 1
+            self._pending.discard(request_id)
             raise
         self._commands.put(_Add(request_id, prompt_token_ids, params, adapter, constraint, _Sink(loop, outputs)))
         finished = False
@@ -210,6 +212,7 @@ class AsyncEngine:
                 yield item
         finally:
             if not finished:
+                self._pending.discard(request_id)
                 self._commands.put(_Abort(request_id))
 
     def _loop(self) -> None:
@@ -274,7 +277,7 @@ class AsyncEngine:
             self._sinks.pop(cmd.request_id, None)
             self.engine.abort(cmd.request_id)
             return
-        self._applied += 1
+        self._pending.discard(cmd.request_id)
         try:
             self.engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, cmd.adapter, cmd.constraint)
         except (QueueFullError, ValueError, UnknownAdapterError) as exc:

@@ -13,6 +13,10 @@ import numpy as np
 # hold less than top_p of the mass. Sorting all 49k logits for every sequence would cost more than the decode.
 _NUCLEUS_CANDIDATES = 1024
 
+# Temperatures below this sample as argmax: logits / 1e-300 overflow to inf and the softmax turns to NaN.
+GREEDY_BELOW = 1e-5
+_F32 = np.finfo(np.float32)
+
 
 @dataclass
 class SamplingParams:
@@ -53,7 +57,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Argmax: temperature 0, or one so small that dividing by it overflows (vLLM's _SAMPLING_EPS too)."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def needs_history(self) -> bool:
@@ -86,7 +91,9 @@ def apply_penalties(
     if params.repetition_penalty != 1:
         seen = np.unique(np.asarray(prompt_ids + output_ids, dtype=np.int64))
         picked = logits[seen]
-        logits[seen] = np.where(picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty)
+        with np.errstate(over="ignore", divide="ignore"):  # a tiny penalty overflows: clipped to finite below
+            penalized = np.where(picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty)
+        logits[seen] = np.clip(penalized, _F32.min, _F32.max)
     if output_ids and (params.presence_penalty or params.frequency_penalty):
         ids, counts = np.unique(np.asarray(output_ids, dtype=np.int64), return_counts=True)
         logits[ids] -= params.presence_penalty + params.frequency_penalty * counts
