@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -87,21 +88,48 @@ def _plain_type(annotation: Any) -> type:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_format == "json":
+        from slmserve.server.request_context import JSONFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JSONFormatter())
+        logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    else:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @app.command()
 @_settings_options
 def serve(settings: Settings) -> None:
-    """Start the HTTP server (OpenAI API, /health, /metrics) on the configured model."""
+    """Start the HTTP server (OpenAI API, /health, /metrics) on the configured model. SIGTERM or Ctrl-C drains it:
+    requests in flight finish (up to --drain-timeout), new ones get 503, then it exits 0; a second signal exits
+    at once (exit 1)."""
     import uvicorn
 
     from slmserve.server.app import create_app
+    from slmserve.server.drain import DrainingServer
 
     _logging(settings)
     app = _checked(create_app, settings)
     _checked(_check_sources, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    json_logs = settings.log_format == "json"
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # json: uvicorn's loggers go through the root's JSON handler, and the app logs each request itself.
+        log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
+        access_log=not json_logs,
+        # After the drain, uvicorn waits for connections to flush what they were sent (a slow reader's last
+        # chunks) for up to this long; what is left is cut.
+        timeout_graceful_shutdown=5,
+    )
+    server = DrainingServer(config, app.state.slm.drain, settings.drain_timeout)
+    server.run()
+    if server.forced:
+        logging.shutdown()
+        os._exit(1)  # the engine thread may be mid-step: do not wait for it
 
 
 def _check_sources(settings: Settings) -> None:

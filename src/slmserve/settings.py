@@ -122,6 +122,53 @@ class Settings(BaseSettings):
     default_max_length: int = Field(50, ge=10, description="/generate: max_length when the request gives none.")
     default_temperature: float = Field(0.7, ge=0, le=2, description="/generate: temperature when none is given.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description=(
+            "text: plain lines. json: one JSON object a line; each request's line has its id (from X-Request-ID "
+            "or made), route, status, tokens in and out, latency and the API key's name."
+        ),
+    )
+    api_keys: Words = Field(
+        [],
+        description=(
+            "API keys a client must send (Authorization: Bearer KEY, or x-api-key: KEY) to use the model and "
+            "change state: KEY or NAME:KEY, comma-separated. None given (here or in --api-keys-file): no keys asked."
+        ),
+        repr=False,  # never in a log line or traceback that prints the settings
+    )
+    api_keys_file: str | None = Field(None, description="A file of API keys, one a line: KEY or NAME:KEY.")
+    metrics_public: bool = Field(False, description="With API keys: serve /metrics without a key.")
+    rate_limit_rpm: int | None = Field(
+        None, ge=1, description="Requests a minute one API key (or, with no keys, one client address) may send."
+    )
+    rate_limit_tpm: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Tokens a minute one API key (or client address) may use: prompt plus max_tokens taken at admission, "
+            "the unused rest given back when the request ends."
+        ),
+    )
+    request_timeout: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Seconds a request may run before it is aborted (504, or an error event ending a stream); a client "
+            "may ask for less with the x-request-timeout header."
+        ),
+    )
+    drain_timeout: float = Field(
+        30,
+        ge=0,
+        description=(
+            "On SIGTERM or SIGINT: seconds requests in flight may take to finish while new ones get 503; then "
+            "the server exits 0. A second signal exits at once."
+        ),
+    )
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger is refused with 413."
+    )
 
     def kv_cells(self, backend: Literal["llama.cpp", "torch"]) -> int:
         """--ctx-size, or the backend's default tokens a slot times --max-running."""

@@ -5,6 +5,9 @@ import time
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from slmserve.settings import Settings
+from tests.integration.conftest import LiveServer
+
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
@@ -70,3 +73,39 @@ def test_errors_are_shown_readably(page):
     page.fill("#input", "Hello")
     page.click("#send")
     expect(page.locator("#error")).to_contain_text("context holds at most 2048")
+
+
+@pytest.fixture(scope="module")
+def keyed_server():
+    live = LiveServer(Settings(api_keys="web:sk-web-page", max_running=2, max_waiting=4)).start()
+    yield live
+    live.stop()
+
+
+def test_a_server_with_keys_asks_for_one_and_the_page_then_chats_with_it(keyed_server, tmp_path):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{keyed_server.url}/ui")
+        expect(page.locator("#key-form")).to_be_visible()  # /v1/models answered 401
+        expect(page.locator("#model")).to_have_text("")
+        page.fill("#api-key", "sk-wrong")
+        page.click("#key-form button")
+        expect(page.locator("#key-form")).to_be_visible()
+        expect(page.locator("#key-note")).to_have_text("That key was refused. ")
+        page.fill("#api-key", "sk-web-page")
+        page.click("#key-form button")
+        expect(page.locator("#model")).to_have_text("smollm2-135m-instruct")
+        expect(page.locator("#key-form")).to_be_hidden()
+        page.locator("#settings summary").click()
+        page.fill("#max_tokens", "8")
+        page.fill("#input", "Hello")
+        page.click("#send")
+        expect(page.locator("#send")).to_be_enabled(timeout=30_000)
+        assert page.locator(".msg.assistant").last.text_content()
+        expect(page.locator("#error")).to_be_hidden()
+        page.goto(f"{keyed_server.url}/ui/dashboard")  # the key is kept in the browser for the dashboard too
+        expect(page.locator("#status")).to_contain_text("updated", timeout=10_000)
+        expect(page.locator("#key-form")).to_be_hidden()
+        page.screenshot(path=str(tmp_path / "keyed.png"))
+        browser.close()

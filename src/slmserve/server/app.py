@@ -12,7 +12,11 @@ from slmserve import __version__
 from slmserve.engine.loader import LoadedModel
 from slmserve.server import errors
 from slmserve.server.app_state import AppState, Connect, run_here
+from slmserve.server.auth import Auth, load_keys
 from slmserve.server.disconnect import CancelOnDisconnect
+from slmserve.server.drain import DrainGate
+from slmserve.server.limits import BodyLimit
+from slmserve.server.request_context import RequestContext
 from slmserve.server.routes import gateway, generate, health, openai, slm, ui
 from slmserve.server.served_by import ReplicaHeader
 from slmserve.settings import Settings
@@ -22,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, model: LoadedModel | None = None, connect: Connect = run_here) -> FastAPI:
     """The app. Given no model, it connects settings' models in the background (loads them here, or reaches a
-    cluster's model hosts): /health says 503 until ready. ValueError when the model list names two models alike."""
+    cluster's model hosts): /health says 503 until ready. ValueError when the model list names two models alike
+    or an API keys file cannot be read."""
     state = AppState(settings, connect)
 
     @asynccontextmanager
@@ -43,8 +48,15 @@ def create_app(settings: Settings, model: LoadedModel | None = None, connect: Co
 
     app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
     app.state.slm = state
+    # Each add_middleware wraps the ones before it: the last added sees a request first.
     app.add_middleware(CancelOnDisconnect)
-    app.add_middleware(ReplicaHeader)  # added last: outermost, so it sees every response's start
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Auth, settings=settings, keys=load_keys(settings))
+    app.add_middleware(DrainGate, drain=state.drain, retry_after=settings.retry_after)
+    app.add_middleware(ReplicaHeader)
+    app.add_middleware(
+        RequestContext, request_timeout=settings.request_timeout, json_logs=settings.log_format == "json"
+    )
     errors.install_handlers(app, settings.retry_after)
     for module in (health, openai, gateway, slm, generate, ui):
         app.include_router(module.router)

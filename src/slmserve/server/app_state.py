@@ -19,6 +19,7 @@ from slmserve.engine.async_engine import AdapterInUseError, AsyncEngine
 from slmserve.engine.loader import LoadedModel, load_model
 from slmserve.server import errors
 from slmserve.server.content_filter import ContentFilter
+from slmserve.server.drain import Drain
 from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.serving import Serving
@@ -176,6 +177,7 @@ class AppState:
     def __init__(self, settings: Settings, connect: Connect = run_here) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.drain = Drain()
         self.content_filter = ContentFilter(settings.blocked_words)
         self.models = {
             s.model_name: ModelState(s, self.metrics, self.content_filter, connect) for s in settings.per_model()

@@ -7,6 +7,7 @@ OpenAI routes (/v1/..., /chat/completions) answer in OpenAI's shape {"error": {m
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,13 @@ log = logging.getLogger(__name__)
 
 AT_CAPACITY = "The server is at capacity; retry shortly."
 
-_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error", 503: "server_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "server_error",
+}
 
 
 class APIError(Exception):
@@ -85,6 +92,16 @@ def queue_full(retry_after: int) -> APIError:
         AT_CAPACITY,
         code="rate_limit_exceeded",
         headers={"Retry-After": str(retry_after)},
+    )
+
+
+def rate_limited(kind: str, limit: int, wait: float) -> APIError:
+    """429 for a client past its requests- or tokens-a-minute limit, with the seconds until it may go on."""
+    return APIError(
+        429,
+        f"Rate limit reached for {kind}: {limit} a minute for this API key. Retry in {wait:.1f} s.",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
     )
 
 
@@ -171,3 +188,9 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(EngineStepError)
     async def _step(request: Request, exc: EngineStepError) -> JSONResponse:
         return respond(request, APIError(500, str(exc), code="generation_failed"))
+
+
+def body_too_large(limit: int, size: int | None = None) -> APIError:
+    """413 for a request body over --max-body-bytes; size is the declared length, None for a chunked body."""
+    what = f"The request body is {size} bytes, over" if size is not None else "The request body is over"
+    return APIError(413, f"{what} the limit of {limit} bytes (--max-body-bytes).")

@@ -16,11 +16,12 @@ from slmserve.engine.engine import RequestOutput
 from slmserve.engine.loader import LoadedModel
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs
 from slmserve.engine.structured import GrammarError, grammar_from
-from slmserve.server import errors
+from slmserve.server import auth, errors
 from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.protocol import openai as oa
+from slmserve.server.request_context import current_record, timed_out
 from slmserve.server.streams import merge
 from slmserve.server.tools import ToolUse
 from slmserve.settings import Settings
@@ -160,6 +161,7 @@ class Serving:
     ) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Outputs of n choices of one prompt, interleaved as they come: (choice index, output)."""
         self.admit(n)
+        reservation = auth.reserve_tokens(len(prompt_ids) + n * params.max_tokens)
         base = uuid.uuid4().hex
         streams = [
             self.metrics.observe(
@@ -167,7 +169,7 @@ class Serving:
             )
             for i in range(n)
         ]
-        return merge(streams)
+        return _accounted(merge(streams), len(prompt_ids), n, reservation)
 
     @staticmethod
     def _for_choice(params: SamplingParams, i: int) -> SamplingParams:
@@ -219,6 +221,39 @@ class Serving:
             out.text_offset.append(offset)
             offset += len(token)
         return out
+
+
+async def _accounted(
+    stream: AsyncIterator[tuple[int, RequestOutput]], prompt_len: int, n: int, reservation: auth.Reservation
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The stream, aborted with a 504 once the HTTP request's deadline passes. When it ends, its tokens go on the
+    request's record (for the log) and settle its rate-limit reservation; a request the engine never took costs
+    nothing."""
+    record = current_record()
+    produced = [0] * n
+    accepted = False
+    try:
+        while True:
+            deadline = asyncio.timeout(record.remaining() if record else None)
+            try:
+                async with deadline:
+                    i, out = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise timed_out(record.timeout) from None
+            accepted = True
+            produced[i] = out.num_output_tokens
+            yield i, out
+    finally:
+        await stream.aclose()
+        used = prompt_len + sum(produced) if accepted else 0
+        reservation.settle(used)
+        if record is not None and accepted:
+            record.prompt_tokens += prompt_len
+            record.completion_tokens += sum(produced)
 
 
 def usage(prompt_tokens: int, choices: list[Choice]) -> oa.Usage:

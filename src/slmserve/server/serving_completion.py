@@ -6,21 +6,28 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from slmserve.server import errors
+from slmserve.server.limits import off_loop
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, usage
 from slmserve.server.streams import merge, primed, sse_stream
 
 
-def _prompts(serving: Serving, prompt) -> list[list[int]]:
-    """Normalise OpenAI's four prompt forms to a list of token-id lists."""
+def _prompt_list(prompt) -> list[str] | list[list[int]]:
+    """OpenAI's four prompt forms as a list of prompts, each a text or a list of token ids."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if prompt and all(isinstance(p, int) for p in prompt):
         prompt = [prompt]
     if not prompt:
         raise errors.APIError(400, "prompt must not be empty", param="prompt")
+    return prompt
+
+
+def _token_ids(serving: Serving, prompts: list[str] | list[list[int]]) -> list[list[int]]:
+    """Each prompt's token ids; 400 for blocked words, an empty prompt or a token id outside the vocabulary."""
+    serving.check_content(*(p for p in prompts if isinstance(p, str)))
     out = []
-    for p in prompt:
+    for p in prompts:
         ids = serving.model.tokenizer.encode(p, add_special=True) if isinstance(p, str) else list(p)
         if not ids or any(not 0 <= t < serving.model.tokenizer.vocab_size for t in ids):
             raise errors.APIError(400, "prompt is empty or holds a token id outside the vocabulary", param="prompt")
@@ -30,12 +37,12 @@ def _prompts(serving: Serving, prompt) -> list[list[int]]:
 
 async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.Completion | AsyncIterator[str]:
     adapter = serving.check_model(req.model)
-    texts = [req.prompt] if isinstance(req.prompt, str) else [p for p in req.prompt if isinstance(p, str)]
-    serving.check_content(*texts)
-    prompts = _prompts(serving, req.prompt)
+    prompt_list = _prompt_list(req.prompt)
+    serving.admit(len(prompt_list) * req.n)  # before any tokenizing: it may ask for more than the queue ever holds
+    # Characters of text, or token ids to check: a long list of either is worked through off the event loop.
+    prompts = await off_loop(sum(map(len, prompt_list)), lambda: _token_ids(serving, prompt_list))
     grammar = await serving.grammar(req.response_format)
     params = [serving.sampling_params(req, len(ids), req.logprobs, grammar) for ids in prompts]
-    serving.admit(len(prompts) * req.n)
     echo = [serving.model.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import errors
 from slmserve.server.app_state import ModelState
+from slmserve.server.limits import off_loop
 from slmserve.server.protocol import seeds as sd
 from slmserve.server.serving import Choice, Serving, usage
 from slmserve.server.streams import sse
@@ -18,19 +19,23 @@ from slmserve.server.streams import sse
 DEVICE = "cpu"
 
 
-def chat_ids(serving: Serving, system_prompt: str, user_prompt: str) -> tuple[str, list[int]]:
+async def chat_ids(serving: Serving, system_prompt: str, user_prompt: str) -> tuple[str, list[int]]:
     """Prompt text and tokens for one user turn; no system prompt lets the template add its default."""
-    serving.check_content(system_prompt, user_prompt)
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": user_prompt}
     ]
     prompt = serving.model.chat_template.render(messages)
-    return prompt, serving.model.tokenizer.encode(prompt, add_special=False)
+
+    def checked_ids() -> list[int]:
+        serving.check_content(system_prompt, user_prompt)
+        return serving.model.tokenizer.encode(prompt, add_special=False)
+
+    return prompt, await off_loop(len(prompt), checked_ids)
 
 
 async def answer(serving: Serving, req: sd.InferRequest) -> tuple[Choice, int]:
     """The assistant's answer to a /infer or /chat request, and the prompt's token count."""
-    _, ids = chat_ids(serving, req.system_prompt, req.user_prompt)
+    _, ids = await chat_ids(serving, req.system_prompt, req.user_prompt)
     params = serving.build_params(
         len(ids), req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed
     )
@@ -121,7 +126,7 @@ async def slm_generate(state: ModelState, req: sd.SlmGenerateRequest) -> dict:
     serving = state.serving
     if serving is None:
         raise state.not_ready()
-    prompt, ids = chat_ids(serving, "", req.prompt)
+    prompt, ids = await chat_ids(serving, "", req.prompt)
     choice = (await serving.collect(ids, slm_params(serving, req, len(ids)), 1, state.slm_adapter))[0]
     return {
         "success": True,
@@ -143,7 +148,7 @@ async def slm_stream(state: ModelState, req: sd.SlmGenerateRequest) -> AsyncIter
         serving = state.serving
         if serving is None:
             raise state.not_ready()
-        _, ids = chat_ids(serving, "", req.prompt)
+        _, ids = await chat_ids(serving, "", req.prompt)
         params = slm_params(serving, req, len(ids))
         yield sse({"status": "Generating response..."})
         full = ""

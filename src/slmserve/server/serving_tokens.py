@@ -7,8 +7,10 @@ import base64
 
 import numpy as np
 
-from slmserve.server import errors
+from slmserve.server import auth, errors
+from slmserve.server.limits import off_loop
 from slmserve.server.protocol import embeddings as pe
+from slmserve.server.request_context import current_record
 from slmserve.server.serving import Serving
 from slmserve.server.serving_chat import chat_prompt
 from slmserve.server.tools import ToolUse, render_history
@@ -50,6 +52,8 @@ async def create_embedding(serving: Serving, req: pe.EmbeddingRequest) -> pe.Emb
         )
     if any(not tokens for tokens in token_lists):  # text that tokenizes to nothing, e.g. with no BOS token
         raise errors.APIError(400, "input holds text with no tokens", param="input")
+    n_tokens = sum(len(t) for t in token_lists)
+    auth.reserve_tokens(n_tokens)  # tokens a minute: all of them are used, nothing comes back
     vectors = await serving.engine.embed(token_lists)
     if req.dimensions is not None and req.dimensions != vectors.shape[1]:
         raise errors.APIError(
@@ -58,8 +62,9 @@ async def create_embedding(serving: Serving, req: pe.EmbeddingRequest) -> pe.Emb
             "for it); leave out dimensions",
             param="dimensions",
         )
-    n_tokens = sum(len(t) for t in token_lists)
     serving.metrics.prompt_tokens.inc(n_tokens)
+    if (record := current_record()) is not None:
+        record.prompt_tokens += n_tokens
     data = [pe.Embedding(embedding=_encode(v, req.encoding_format), index=i) for i, v in enumerate(vectors)]
     return pe.EmbeddingResponse(
         data=data, model=name, usage=pe.EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens)
@@ -72,7 +77,7 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return vector.tolist()
 
 
-def tokenize(serving: Serving, req: pe.TokenizeRequest) -> pe.TokenizeResponse:
+async def tokenize(serving: Serving, req: pe.TokenizeRequest) -> pe.TokenizeResponse:
     _base_model(serving, req.model)
     if req.messages is not None:
         if not req.add_generation_prompt:
@@ -87,20 +92,28 @@ def tokenize(serving: Serving, req: pe.TokenizeRequest) -> pe.TokenizeResponse:
     else:
         text, add_special = req.prompt, req.add_special_tokens is not False
     tokenizer = serving.model.tokenizer
-    tokens = tokenizer.encode(text, add_special=add_special)
-    return pe.TokenizeResponse(
-        count=len(tokens),
-        max_model_len=serving.model.max_model_len,
-        tokens=tokens,
-        token_strs=[tokenizer.token_text(t) for t in tokens] if req.return_token_strs else None,
-    )
+
+    def work() -> pe.TokenizeResponse:
+        tokens = tokenizer.encode(text, add_special=add_special)
+        return pe.TokenizeResponse(
+            count=len(tokens),
+            max_model_len=serving.model.max_model_len,
+            tokens=tokens,
+            token_strs=[tokenizer.token_text(t) for t in tokens] if req.return_token_strs else None,
+        )
+
+    return await off_loop(len(text), work)
 
 
-def detokenize(serving: Serving, req: pe.DetokenizeRequest) -> pe.DetokenizeResponse:
+async def detokenize(serving: Serving, req: pe.DetokenizeRequest) -> pe.DetokenizeResponse:
     _base_model(serving, req.model)
     check_token_ids(serving, req.tokens, "tokens")
     tokenizer = serving.model.tokenizer
+
     # Control tokens (<|im_start|>) have no bytes in generated text; here they are spelled out, so a tokenized
     # chat prompt comes back as it went in.
-    pieces = [tokenizer.token_bytes(t) or tokenizer.token_text(t).encode("utf-8") for t in req.tokens]
-    return pe.DetokenizeResponse(prompt=b"".join(pieces).decode("utf-8", errors="replace"))
+    def work() -> pe.DetokenizeResponse:
+        pieces = [tokenizer.token_bytes(t) or tokenizer.token_text(t).encode("utf-8") for t in req.tokens]
+        return pe.DetokenizeResponse(prompt=b"".join(pieces).decode("utf-8", errors="replace"))
+
+    return await off_loop(len(req.tokens), work)

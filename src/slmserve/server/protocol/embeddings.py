@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from slmserve.server.protocol import limits
 from slmserve.server.protocol.openai import ChatMessage, Tool
 
 # OpenAI's own bound on the inputs of one embeddings request.
@@ -68,8 +69,10 @@ class TokenizeRequest(BaseModel):
 
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = Field(None, min_length=1)
-    tools: list[Tool] | None = None
+    messages: Annotated[list[ChatMessage] | None, limits.at_most(limits.MAX_MESSAGES, "messages")] = Field(
+        None, min_length=1
+    )
+    tools: Annotated[list[Tool] | None, limits.at_most(limits.MAX_TOOLS, "tools")] = None
     add_generation_prompt: bool = True
     add_special_tokens: bool | None = None  # default: True for a prompt; False for messages (the template adds)
     return_token_strs: bool = False
@@ -92,7 +95,7 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    tokens: list[int]
+    tokens: Annotated[list[int], limits.at_most(limits.MAX_DETOKENIZE, "tokens")]
 
 
 class DetokenizeResponse(BaseModel):

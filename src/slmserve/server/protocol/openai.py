@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from slmserve.server.protocol import limits
 
 # Generous, but keeps a typo like 1e12 from being accepted and then failing later.
 MAX_TOKENS_LIMIT = 1_000_000
@@ -56,10 +58,10 @@ class SamplingFields(BaseModel):
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: Annotated[str | list[str] | None, limits.stop_strings] = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Annotated[dict[str, float] | None, limits.at_most(limits.MAX_LOGIT_BIAS, "entries")] = None
     seed: int | None = None
     user: str | None = None
     # Extras, as vLLM and llama.cpp's server accept them.
@@ -105,8 +107,8 @@ class NamedToolChoice(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[Tool] | None = Field(None, max_length=128)
+    messages: Annotated[list[ChatMessage], limits.at_most(limits.MAX_MESSAGES, "messages")] = Field(min_length=1)
+    tools: Annotated[list[Tool] | None, limits.at_most(limits.MAX_TOOLS, "tools")] = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from slmserve.server.protocol import limits
 from slmserve.server.protocol.openai import Usage
 
 
@@ -51,7 +52,9 @@ class ChatResponse(BaseModel):
 
 class BatchedRequest(BaseModel):
     # Each query is validated on its own, so one bad query gets its own error instead of failing the batch.
-    queries: list[dict[str, Any]] = Field(min_length=1, max_length=256)
+    queries: Annotated[list[dict[str, Any]], limits.at_most(limits.MAX_BATCHED_QUERIES, "queries")] = Field(
+        min_length=1
+    )
 
 
 class BatchedResult(BaseModel):

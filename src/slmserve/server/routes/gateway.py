@@ -8,38 +8,41 @@ from slmserve.server import serving_seeds
 from slmserve.server.app_state import get_serving, get_state
 from slmserve.server.protocol import openai as oa
 from slmserve.server.protocol import seeds as sd
-from slmserve.server.routes.openai import chat_completions
+from slmserve.server.protocol.errors import GUARDED, seed_errors
+from slmserve.server.routes.openai import chat_completions, generation_responses
 from slmserve.server.serving import Serving
 from slmserve.server.strict_json import StrictJSONRoute
 
 router = APIRouter(route_class=StrictJSONRoute)
 
+GENERATES = seed_errors(*GUARDED, 413, 422)
 
-@router.get("/")
+
+@router.get("/", responses=seed_errors())
 async def root(request: Request) -> dict:
     """A health check for API clients (seed 000's GET /)."""
     state = get_state(request)
     return {"status": "healthy" if state.serving else "unavailable", "model": state.settings.model_name, "ui": "/ui"}
 
 
-@router.post("/infer", response_model=sd.InferResponse)
+@router.post("/infer", response_model=sd.InferResponse, responses=GENERATES)
 async def infer(req: sd.InferRequest, serving: Serving = Depends(get_serving)) -> sd.InferResponse:
     """The assistant's answer only (the seed echoed the whole prompt back; this does not)."""
     choice, _ = await serving_seeds.answer(serving, req)
     return sd.InferResponse(response=choice.text)
 
 
-@router.post("/chat", response_model=sd.ChatResponse)
+@router.post("/chat", response_model=sd.ChatResponse, responses=GENERATES)
 async def chat(req: sd.ChatRequest, serving: Serving = Depends(get_serving)) -> sd.ChatResponse:
     return await serving_seeds.chat(serving, req)
 
 
-@router.post("/chat/batched", response_model=sd.BatchedResponse)
+@router.post("/chat/batched", response_model=sd.BatchedResponse, responses=GENERATES)
 async def chat_batched(req: sd.BatchedRequest, serving: Serving = Depends(get_serving)) -> sd.BatchedResponse:
     return await serving_seeds.chat_batched(serving, req)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=generation_responses(oa.ChatCompletion))
 async def chat_completions_alias(req: oa.ChatCompletionRequest, request: Request):
     """Seed 001's path for the OpenAI chat completion; `model` may be omitted."""
     return await chat_completions(req, request)

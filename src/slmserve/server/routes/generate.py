@@ -8,18 +8,19 @@ from slmserve import __version__
 from slmserve.server import serving_seeds
 from slmserve.server.app_state import get_serving, get_state
 from slmserve.server.protocol import seeds as sd
+from slmserve.server.protocol.errors import GUARDED, seed_errors
 from slmserve.server.serving import Serving
 from slmserve.server.strict_json import StrictJSONRoute
 
 router = APIRouter(route_class=StrictJSONRoute)
 
 
-@router.post("/generate", response_model=sd.GenerateResponse)
+@router.post("/generate", response_model=sd.GenerateResponse, responses=seed_errors(*GUARDED, 404, 413, 422))
 async def generate(req: sd.GenerateRequest, serving: Serving = Depends(get_serving)) -> sd.GenerateResponse:
     return await serving_seeds.generate(serving, req)
 
 
-@router.get("/info")
+@router.get("/info", responses=seed_errors(*GUARDED))
 async def info(request: Request) -> dict:
     state = get_state(request)
     s = state.settings

@@ -9,11 +9,20 @@ from slmserve.server import serving_tokens
 from slmserve.server.app_state import AppState, get_app_state
 from slmserve.server.protocol import embeddings as pe
 from slmserve.server.protocol import openai as oa
+from slmserve.server.protocol.errors import GUARDED, openai_errors
 from slmserve.server.serving_chat import create_chat_completion
 from slmserve.server.serving_completion import create_completion
 from slmserve.server.strict_json import StrictJSONRoute
 
 router = APIRouter(route_class=StrictJSONRoute)
+
+# Routes with a body naming a model: a wrong name is a 404, a body too large a 413.
+TAKES_MODEL = openai_errors(*GUARDED, 404, 413)
+
+
+def generation_responses(completion: type[oa.BaseModel]) -> dict:
+    """`responses=` of a generating route: the completion as JSON, or SSE chunks with stream: true."""
+    return {200: {"model": completion, "content": {"text/event-stream": {}}}, **TAKES_MODEL}
 
 
 def _respond(result):
@@ -22,7 +31,7 @@ def _respond(result):
     return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/v1/models", response_model=oa.ModelList)
+@router.get("/v1/models", response_model=oa.ModelList, responses=openai_errors(*GUARDED))
 async def list_models(state: AppState = Depends(get_app_state)) -> oa.ModelList:
     """Every loaded model, the default first, each followed by its LoRA adapters."""
     cards = []
@@ -37,27 +46,27 @@ async def list_models(state: AppState = Depends(get_app_state)) -> oa.ModelList:
     return oa.ModelList(data=cards)
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, responses=generation_responses(oa.ChatCompletion))
 async def chat_completions(req: oa.ChatCompletionRequest, request: Request):
     return _respond(await create_chat_completion(get_app_state(request).serving_for(req.model), req))
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, responses=generation_responses(oa.Completion))
 async def completions(req: oa.CompletionRequest, request: Request):
     return _respond(await create_completion(get_app_state(request).serving_for(req.model), req))
 
 
-@router.post("/v1/embeddings", response_model=pe.EmbeddingResponse)
+@router.post("/v1/embeddings", response_model=pe.EmbeddingResponse, responses=TAKES_MODEL)
 async def embeddings(req: pe.EmbeddingRequest, request: Request) -> pe.EmbeddingResponse:
     return await serving_tokens.create_embedding(get_app_state(request).serving_for(req.model), req)
 
 
 # vLLM's paths (no /v1), and its shapes.
-@router.post("/tokenize", response_model=pe.TokenizeResponse, response_model_exclude_none=True)
+@router.post("/tokenize", response_model=pe.TokenizeResponse, response_model_exclude_none=True, responses=TAKES_MODEL)
 async def tokenize(req: pe.TokenizeRequest, request: Request) -> pe.TokenizeResponse:
-    return serving_tokens.tokenize(get_app_state(request).serving_for(req.model), req)
+    return await serving_tokens.tokenize(get_app_state(request).serving_for(req.model), req)
 
 
-@router.post("/detokenize", response_model=pe.DetokenizeResponse)
+@router.post("/detokenize", response_model=pe.DetokenizeResponse, responses=TAKES_MODEL)
 async def detokenize(req: pe.DetokenizeRequest, request: Request) -> pe.DetokenizeResponse:
-    return serving_tokens.detokenize(get_app_state(request).serving_for(req.model), req)
+    return await serving_tokens.detokenize(get_app_state(request).serving_for(req.model), req)

@@ -8,12 +8,17 @@ from fastapi.responses import StreamingResponse
 from slmserve.server import errors, serving_seeds
 from slmserve.server.app_state import get_state
 from slmserve.server.protocol import seeds as sd
+from slmserve.server.protocol.errors import GUARDED, seed_errors
 from slmserve.server.strict_json import StrictJSONRoute
 
 router = APIRouter(prefix="/slm", route_class=StrictJSONRoute)
 
+GENERATES = seed_errors(*GUARDED, 413, 422)
+# An adapter that is not there (404), a name taken or in use (409); 400 for an adapter on the llama.cpp engine.
+LIFECYCLE = seed_errors(*GUARDED, 404, 409, 413, 422)
 
-@router.get("/info")
+
+@router.get("/info", responses=seed_errors(*GUARDED))
 async def info(request: Request) -> dict:
     state = get_state(request)
     model = state.model
@@ -33,7 +38,7 @@ async def info(request: Request) -> dict:
     }
 
 
-@router.post("/load")
+@router.post("/load", responses=LIFECYCLE)
 async def load(request: Request, req: sd.SlmLoadRequest | None = None) -> dict:
     """Load the base model; with lora_path, also that LoRA adapter, which /slm/generate and /slm/stream then use."""
     state = get_state(request)
@@ -57,7 +62,7 @@ async def load(request: Request, req: sd.SlmLoadRequest | None = None) -> dict:
     }
 
 
-@router.post("/unload")
+@router.post("/unload", responses=LIFECYCLE)
 async def unload(request: Request, req: sd.SlmUnloadRequest | None = None) -> dict:
     """With lora_name, unload that adapter. Otherwise requests in flight finish first; then the model is freed."""
     state = get_state(request)
@@ -69,13 +74,17 @@ async def unload(request: Request, req: sd.SlmUnloadRequest | None = None) -> di
     return {"success": False, "message": "No model is loaded"}
 
 
-@router.post("/generate")
+@router.post("/generate", responses=GENERATES)
 async def generate(request: Request, req: sd.SlmGenerateRequest) -> dict:
     """Loads the model on demand when it is unloaded."""
     return await serving_seeds.slm_generate(get_state(request), req)
 
 
-@router.post("/stream", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+@router.post(
+    "/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **GENERATES},
+)
 async def stream(request: Request, req: sd.SlmGenerateRequest) -> StreamingResponse:
     state = get_state(request)
     if state.content_filter.blocks(req.prompt):

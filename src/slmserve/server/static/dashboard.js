@@ -98,7 +98,7 @@ const scrapes = []; // the last WINDOW_S seconds of scrapes, oldest first
 
 async function tick() {
   try {
-    const response = await fetch("/metrics", { cache: "no-store" });
+    const response = await apiFetch("/metrics", { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const now = { t: performance.now() / 1000, samples: parseMetrics(await response.text()) };
     const previous = scrapes[scrapes.length - 1];
@@ -112,5 +112,9 @@ async function tick() {
   setTimeout(tick, INTERVAL_MS);
 }
 
+function showModel() {
+  apiFetch("/v1/models").then((r) => r.json()).then((m) => { $("model").textContent = m.data[0].id; }).catch(() => {});
+}
+setUpKeyForm(showModel);
 tick();
-fetch("/v1/models").then((r) => r.json()).then((m) => { $("model").textContent = m.data[0].id; }).catch(() => {});
+showModel();

@@ -59,7 +59,7 @@ async function send(text) {
   const started = performance.now();
   let first = null, chunks = 0, tokens = null;
   try {
-    const response = await fetch("/v1/chat/completions", {
+    const response = await apiFetch("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(requestBody()),
@@ -118,4 +118,8 @@ $("input").addEventListener("keydown", (e) => {
 });
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("clear").addEventListener("click", () => { history.length = 0; $("log").innerHTML = ""; showError(""); });
-fetch("/v1/models").then((r) => r.json()).then((m) => { $("model").textContent = m.data[0].id; }).catch(() => {});
+function showModel() {
+  apiFetch("/v1/models").then((r) => r.json()).then((m) => { $("model").textContent = m.data[0].id; }).catch(() => {});
+}
+setUpKeyForm(showModel);
+showModel();
