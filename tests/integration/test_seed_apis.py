@@ -216,8 +216,43 @@ def test_unload_lets_requests_in_flight_finish(own_server):
     assert post(s, "/slm/generate", {"prompt": "Hi", "max_new_tokens": 4}).json()["success"] is True  # loads again
 
 
+def test_a_generate_sent_during_an_unload_is_refused_and_does_not_load_the_model_again(own_server):
+    s = own_server
+    post(s, "/slm/load", {})
+    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 150, "ignore_eos": True}
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(post, s, "/v1/chat/completions", body)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and s.metric("slmserve_requests_running") < 1:
+            time.sleep(0.02)
+        unload = pool.submit(httpx.post, f"{s.url}/slm/unload", timeout=120)
+        time.sleep(0.3)  # the unload now waits for the running request
+        raced = post(s, "/slm/generate", {"prompt": "Hi", "max_new_tokens": 4})
+        streamed = sse_events(s, "/slm/stream", {"prompt": "Hi", "max_new_tokens": 4})
+        assert unload.result().json()["success"] is True
+        assert running.result().status_code == 200
+    assert raced.status_code == 503 and "being unloaded" in raced.json()["detail"]
+    assert streamed[-1]["status"] == "error" and "being unloaded" in streamed[-1]["error"]
+    assert httpx.get(f"{s.url}/health").json()["status"] == "unloaded"  # the unload was not undone
+    assert post(s, "/slm/generate", {"prompt": "Hi", "max_new_tokens": 4}).json()["success"] is True  # loads now
+
+
 def test_slm_stream_and_generate_refuse_blocked_words(own_server):
     r = post(own_server, "/slm/stream", {"prompt": "I hate robots"})
     assert r.status_code == 400 and r.json() == {"detail": "Prompt contains inappropriate content"}
     assert post(own_server, "/slm/generate", {"prompt": "I hate robots"}).status_code == 400
     assert post(own_server, "/slm/generate", {"prompt": ""}).status_code == 422
+
+
+def test_the_gateway_routes_take_model_and_an_unknown_one_is_a_404_not_the_base_model(server):
+    refused = post(server, "/infer", {**HELPFUL, "model": "pirate"})
+    assert refused.status_code == 404
+    assert refused.json()["detail"] == "The model 'pirate' does not exist; available: smollm2-135m-instruct"
+    named = post(server, "/infer", {**HELPFUL, "model": "smollm2-135m-instruct", "max_tokens": 4})
+    assert named.status_code == 200 and named.json()["response"]
+    batched = post(
+        server,
+        "/chat/batched",
+        {"queries": [{**HELPFUL, "chat_id": 1, "max_tokens": 4}, {**HELPFUL, "chat_id": 2, "model": "pirate"}]},
+    ).json()["results"]
+    assert batched[0]["status"] == 200 and batched[1]["status"] == 404 and "pirate" in batched[1]["error"]

@@ -51,6 +51,7 @@ class ModelState:
     serving: Serving | None = None
     load_error: str | None = None
     loading: bool = False
+    unloading: bool = False  # an unload is draining requests: on-demand loads wait for no one, they are refused
     slm_adapter: str | None = None  # the adapter /slm/load loaded last: /slm/generate and /slm/stream use it
     _lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -120,12 +121,25 @@ class ModelState:
         async with self._lifecycle:
             if self.serving is None:
                 return False
-            self.serving = None  # new requests now get 503 and load on demand where a route does that
-            deadline = asyncio.get_running_loop().time() + drain_seconds
-            while self.num_running + self.num_waiting and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.to_thread(self.detach)
+            self.serving = None  # new requests now get 503
+            self.unloading = True
+            try:
+                deadline = asyncio.get_running_loop().time() + drain_seconds
+                while self.num_running + self.num_waiting and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(self.detach)
+            finally:
+                self.unloading = False
             return True
+
+    async def load_on_demand(self) -> None:
+        """Load for a route that loads when unloaded (/slm/generate, /slm/stream); 503 while an unload is under
+        way, so such a request never undoes the unload it raced with."""
+        if self.unloading:
+            raise errors.APIError(
+                503, "The model is being unloaded; POST /slm/load to load it again.", code="model_unloading"
+            )
+        await self.load()
 
     async def load_adapter(self, path: str, name: str | None = None) -> tuple[str, bool]:
         """Load a LoRA adapter (loading the base model first if needed): (its name, True if loaded now).

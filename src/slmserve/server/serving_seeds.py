@@ -35,11 +35,12 @@ async def chat_ids(serving: Serving, system_prompt: str, user_prompt: str) -> tu
 
 async def answer(serving: Serving, req: sd.InferRequest) -> tuple[Choice, int]:
     """The assistant's answer to a /infer or /chat request, and the prompt's token count."""
+    adapter = serving.check_model(req.model)
     _, ids = await chat_ids(serving, req.system_prompt, req.user_prompt)
     params = serving.build_params(
         len(ids), req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed
     )
-    choice = (await serving.collect(ids, params, 1))[0]
+    choice = (await serving.collect(ids, params, 1, adapter))[0]
     return choice, len(ids)
 
 
@@ -122,7 +123,7 @@ def slm_settings(req: sd.SlmGenerateRequest) -> dict:
 
 
 async def slm_generate(state: ModelState, req: sd.SlmGenerateRequest) -> dict:
-    await state.load()
+    await state.load_on_demand()
     serving = state.serving
     if serving is None:
         raise state.not_ready()
@@ -143,7 +144,7 @@ async def slm_stream(state: ModelState, req: sd.SlmGenerateRequest) -> AsyncIter
     try:
         if state.serving is None:
             yield sse({"status": "Loading SLM model..."})
-            await state.load()
+            await state.load_on_demand()
             yield sse({"status": f"Model loaded on {state.model.device}"})
         serving = state.serving
         if serving is None:

@@ -19,6 +19,10 @@ class SamplingExtras(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     seed: int | None = None
+    model: str | None = Field(
+        None,
+        description="The first served model (the default) or one of its LoRA adapters; another name is a 404.",
+    )
 
 
 class InferRequest(SamplingExtras):
