@@ -8,6 +8,8 @@ A flag that is not given leaves the env/.env/default value in place.
 from __future__ import annotations
 
 import asyncio
+import difflib
+import functools
 import inspect
 import json
 import logging
@@ -32,19 +34,20 @@ REPEATABLE = {"model"}
 app = typer.Typer(help="slmserve: a fast, concurrent server for small language models.", no_args_is_help=True)
 
 
-def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Give `func` one --option per Settings field; it receives the built Settings as `settings`."""
+def _settings_options(func: Callable[..., Any], skip: frozenset[str] = frozenset()) -> Callable[..., Any]:
+    """Give `func` one --option per Settings field but those in skip; it receives the built Settings as
+    `settings` (skipped fields keep their env/.env/default value)."""
     own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "settings"]
     names = {p.name for p in own}
     extra = []
     for name, info in Settings.model_fields.items():
-        if name in names:
+        if name in names or name in skip:
             continue
         kind = list[str] if name in REPEATABLE else _plain_type(info.annotation)
         flag = "--" + name.replace("_", "-")
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
         # Rich reads [word] as markup and drops it ("needs slmserve[torch]" showed as "needs slmserve"): escape it.
-        help_text = f"{info.description} (env SLMSERVE_{name.upper()})".replace("[", "\\[")
+        help_text = f"{info.description} (env SLMSERVE_{name.upper()}; default: {_shown(name)})".replace("[", "\\[")
         option = typer.Option(None, *decls, help=help_text, show_default=False, rich_help_panel="Settings")
         extra.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
 
@@ -59,8 +62,38 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# SLMSERVE_* variables that are not settings: examples/request.sh's server, the docs' screenshot switch.
+NOT_SETTINGS = {"SLMSERVE_URL", "SLMSERVE_DOCS_SCREENSHOTS"}
+
+
+def _warn_unknown_env() -> None:
+    """A warning for each SLMSERVE_* variable (environment or .env) that is no setting, naming the closest one:
+    pydantic-settings ignores them, so a typo (SLMSERVE_PROT) would silently leave the default in place."""
+    from dotenv import dotenv_values
+
+    known = {f"SLMSERVE_{name.upper()}" for name in Settings.model_fields}
+    given = {k.upper() for k in os.environ if k.upper().startswith("SLMSERVE_")}
+    if os.path.isfile(".env"):
+        given |= {k.upper() for k in dotenv_values(".env") if k and k.upper().startswith("SLMSERVE_")}
+    for name in sorted(given - known - NOT_SETTINGS):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else " (`slmserve serve --help` lists the settings)"
+        typer.echo(f"Warning: {name} is not a setting of slmserve and is ignored{hint}", err=True)
+
+
+def _shown(name: str) -> str:
+    """A setting's default as --help shows it."""
+    default = Settings.model_fields[name].get_default(call_default_factory=True)
+    if isinstance(default, list):
+        return ",".join(default) or "none"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return "none" if default is None else str(default)
+
+
 def _settings(given: dict[str, Any]) -> Settings:
     """Settings from flags, env and .env; a bad value is one line per problem naming where to fix it, exit 2."""
+    _warn_unknown_env()
     try:
         return Settings(**given)
     except pydantic.ValidationError as exc:
@@ -179,35 +212,49 @@ def cluster(
     run_cluster(settings, options)
 
 
+# Settings of the HTTP server only: `generate` and `chat` run the engine in the terminal and do not show them.
+SERVER_ONLY = frozenset(
+    {
+        "host", "port", "max_waiting", "retry_after", "max_length_limit", "default_max_length",
+        "default_temperature", "log_format", "api_keys", "api_keys_file", "metrics_public", "rate_limit_rpm",
+        "rate_limit_tpm", "request_timeout", "drain_timeout", "max_body_bytes",
+    }
+)  # fmt: skip
+terminal_options = functools.partial(_settings_options, skip=SERVER_ONLY)
+USE_ADAPTER = "Answer with this LoRA adapter, one of those --lora loads (torch engine)."
+
+
 @app.command()
-@_settings_options
+@terminal_options
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.7,
     system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    use_adapter: Annotated[str | None, typer.Option(help=USE_ADAPTER)] = None,
     settings: Settings = None,
 ) -> None:
-    """Answer one prompt, streaming the text to the terminal."""
+    """Answer one prompt, streaming the text to the terminal (Ctrl-C stops it: exit 130)."""
     from slmserve.terminal import run_chat_turns
 
-    messages = [{"role": "system", "content": system}] if system else []
-    run_chat_turns(settings, messages, [prompt], max_tokens, temperature)
+    code = run_chat_turns(settings, system, [prompt], max_tokens, temperature, use_adapter, commands=False)
+    raise typer.Exit(code)
 
 
 @app.command()
-@_settings_options
+@terminal_options
 def chat(
     max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 512,
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.7,
     system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    use_adapter: Annotated[str | None, typer.Option(help=USE_ADAPTER)] = None,
     settings: Settings = None,
 ) -> None:
-    """An interactive multi-turn chat in the terminal (Ctrl-D or /exit to leave)."""
+    """An interactive multi-turn chat in the terminal: /help lists its commands; Ctrl-C stops an answer, Ctrl-D
+    or /exit leaves."""
     from slmserve.terminal import prompt_lines, run_chat_turns
 
-    messages = [{"role": "system", "content": system}] if system else []
-    run_chat_turns(settings, messages, prompt_lines(), max_tokens, temperature)
+    raise typer.Exit(run_chat_turns(settings, system, prompt_lines(), max_tokens, temperature, use_adapter))
 
 
 @app.command()

@@ -1,8 +1,14 @@
-"""`slmserve generate` and `slmserve chat`: the engine in-process, answers streamed to the terminal."""
+"""`slmserve generate` and `slmserve chat`: the engine in-process, answers streamed to the terminal.
+
+One event loop serves the whole session (asyncio.Runner), so Ctrl-C while an answer streams cancels just that
+answer: the request is aborted on the engine and `chat` returns to its prompt. Lines starting with / are
+commands, handled here and never sent to the model; the content filter applies as on the server.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -12,17 +18,25 @@ from rich.console import Console
 from slmserve.engine.async_engine import AsyncEngine
 from slmserve.engine.loader import LoadedModel, load_model
 from slmserve.engine.sampling import SamplingParams
+from slmserve.server.content_filter import REFUSAL, ContentFilter
 from slmserve.settings import Settings
 
-_err = Console(stderr=True)
+_err = Console(stderr=True, highlight=False)  # no colours guessed into numbers and brackets
+
+HELP = """Commands:
+  /help          this list
+  /reset         forget the conversation (the system prompt stays)
+  /system TEXT   set the system prompt (/system alone: the model's default) and start over
+  /exit          leave (or Ctrl-D); Ctrl-C stops an answer"""
 
 
 def prompt_lines() -> Iterator[str]:
-    """User turns typed at a prompt, until EOF or /exit."""
+    """Lines typed at a prompt, until EOF, Ctrl-C at the prompt, or /exit."""
     while True:
         try:
             line = input("you> ").strip()
         except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
             return
         if line in ("/exit", "/quit"):
             return
@@ -30,14 +44,41 @@ def prompt_lines() -> Iterator[str]:
             yield line
 
 
-async def _answer(model: LoadedModel, engine: AsyncEngine, messages: list[dict], params: SamplingParams) -> str:
+class Conversation:
+    """The messages so far, and the commands that change them."""
+
+    def __init__(self, system: str | None) -> None:
+        self.system = system
+        self.turns: list[dict] = []
+
+    @property
+    def messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
+
+    def command(self, line: str) -> str:
+        """Carry out a /command; the text to show."""
+        name, _, rest = line.partition(" ")
+        if name == "/help":
+            return HELP
+        if name == "/reset":
+            self.turns.clear()
+            return "(conversation cleared)"
+        if name == "/system":
+            self.system, self.turns = rest.strip() or None, []
+            return f"(system prompt set: {self.system})" if self.system else "(system prompt: the model's default)"
+        return f"unknown command {name}; /help lists them"
+
+
+async def _answer(
+    model: LoadedModel, engine: AsyncEngine, messages: list[dict], params: SamplingParams, adapter: str | None
+) -> str:
     ids = model.tokenizer.encode(model.chat_template.render(messages), add_special=False)
     room = model.max_model_len - len(ids)
     if room < 1:
         raise ValueError(f"the conversation ({len(ids)} tokens) no longer fits the context ({model.max_model_len})")
     params.max_tokens = min(params.max_tokens, room)
     text, start, first, n = "", time.perf_counter(), None, 0
-    async for out in engine.generate(ids, params):
+    async for out in engine.generate(ids, params, adapter=adapter):
         first = first or time.perf_counter()
         n = out.num_output_tokens
         text += out.text
@@ -51,25 +92,63 @@ async def _answer(model: LoadedModel, engine: AsyncEngine, messages: list[dict],
 
 
 def run_chat_turns(
-    settings: Settings, messages: list[dict], turns: Iterable[str], max_tokens: int, temperature: float
-) -> None:
-    """Load the model, then answer each user turn in order, keeping the history."""
+    settings: Settings,
+    system: str | None,
+    turns: Iterable[str],
+    max_tokens: int,
+    temperature: float,
+    adapter: str | None = None,
+    commands: bool = True,
+) -> int:
+    """Load the model, then answer each user turn in order, keeping the history. The exit code: 0, 130 when
+    Ctrl-C stopped the last answer of a one-shot run (commands=False), 2 when the model cannot be used."""
     try:
         model = load_model(settings)
     except (FileNotFoundError, ValueError) as exc:
         _err.print(f"[red]error:[/red] {exc}")
-        raise SystemExit(2) from None
+        return 2
+    if adapter is not None and adapter not in model.adapters:
+        known = ", ".join(model.adapters) or "none (load some with --lora NAME=PATH on --engine torch)"
+        _err.print(f"[red]error:[/red] no LoRA adapter {adapter!r}; loaded: {known}")
+        model.close()
+        return 2
+    conversation, blocked = Conversation(system), ContentFilter(settings.blocked_words)
     engine = AsyncEngine(model.engine)
+    code = 0
     try:
-        for turn in turns:
-            messages.append({"role": "user", "content": turn})
-            params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
-            try:
-                answer = asyncio.run(_answer(model, engine, messages, params))
-            except ValueError as exc:
-                _err.print(f"[red]{exc}[/red]")
-                return
-            messages.append({"role": "assistant", "content": answer})
+        with asyncio.Runner() as runner, _stopping(engine):  # the engine stops before the loop it posts to closes
+            for turn in turns:
+                if commands and turn.startswith("/"):
+                    _err.print(conversation.command(turn), markup=False)
+                    continue
+                if blocked.blocks(turn):
+                    _err.print(f"[red]{REFUSAL}[/red] (--blocked-words sets the words; '' turns the filter off)")
+                    continue
+                params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
+                try:
+                    answer = runner.run(_answer(model, engine, [*conversation.messages, _user(turn)], params, adapter))
+                except KeyboardInterrupt:  # the Runner cancelled the answer: the engine aborts the request
+                    sys.stdout.write("\n")
+                    _err.print("[dim](stopped)[/dim]")
+                    code = 130
+                    continue
+                except ValueError as exc:
+                    _err.print(f"[red]{exc}[/red]")
+                    return 1
+                code = 0
+                conversation.turns += [_user(turn), {"role": "assistant", "content": answer}]
+    finally:
+        model.close()
+    return 0 if commands else code
+
+
+@contextlib.contextmanager
+def _stopping(engine: AsyncEngine) -> Iterator[None]:
+    try:
+        yield
     finally:
         engine.shutdown()
-        model.close()
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}

@@ -67,7 +67,7 @@ def test_bad_flag_values_are_refused_before_anything_loads():
 
 def test_list_settings_take_json_or_commas_on_the_command_line(monkeypatch):
     seen = {}
-    monkeypatch.setattr("slmserve.terminal.run_chat_turns", lambda settings, *a: seen.setdefault("s", settings))
+    monkeypatch.setattr("slmserve.terminal.run_chat_turns", lambda settings, *a, **kw: seen.update(s=settings) or 0)
     for flag, words in [("spam,eggs", ["spam", "eggs"]), ('["a b", "c"]', ["a b", "c"])]:
         seen.clear()
         result = CliRunner().invoke(cli, ["generate", "hi", "--blocked-words", flag])
@@ -108,3 +108,31 @@ def test_list_settings_take_comma_separated_words_as_well_as_json(monkeypatch):
     assert Settings().blocked_words == ["spam"]
     monkeypatch.setenv("SLMSERVE_BLOCKED_WORDS", "")
     assert Settings().blocked_words == []  # the filter off
+
+
+def test_an_unknown_slmserve_variable_is_a_warning_naming_the_closest_setting(tmp_path):
+    (tmp_path / ".env").write_text("SLMSERVE_MAX_RUNNIN=4\n")
+    env = {**os.environ, "SLMSERVE_PROT": "9000", "SLMSERVE_PORT": "abc", "SLMSERVE_URL": "http://x"}
+    r = subprocess.run(
+        [sys.executable, "-m", "slmserve.cli", "serve"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    lines = r.stderr.strip().splitlines()
+    assert "Warning: SLMSERVE_PROT is not a setting of slmserve and is ignored; did you mean SLMSERVE_PORT?" in lines
+    assert (
+        "Warning: SLMSERVE_MAX_RUNNIN is not a setting of slmserve and is ignored; did you mean SLMSERVE_MAX_RUNNING?"
+        in lines
+    )
+    assert not any("SLMSERVE_URL" in line for line in lines)  # examples/request.sh's, not a server setting
+    assert r.returncode == 2  # the bad SLMSERVE_PORT still stops it, after the warnings
+
+
+def test_help_shows_each_settings_default_and_each_command_only_its_own_flags():
+    env = {"COLUMNS": "1000", "TERM": "dumb"}  # one line a flag
+    serve = CliRunner().invoke(cli, ["serve", "--help"], env=env).output
+    assert "(env SLMSERVE_MAX_RUNNING; default: 32)" in serve
+    assert "(env SLMSERVE_KV_CACHE_TYPE; default: q8_0)" in serve and "default: hate,violence" in serve
+    for command in ("generate", "chat"):
+        text = CliRunner().invoke(cli, [command, "--help"], env=env).output
+        assert "--max-running" in text and "--blocked-words" in text  # the engine's and the filter's
+        for server_only in ("--port", "--host", "--max-waiting", "--api-keys", "--drain-timeout"):
+            assert server_only not in text, (command, server_only)

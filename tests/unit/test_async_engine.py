@@ -185,3 +185,21 @@ def test_requests_whose_clients_left_before_the_engine_took_them_do_not_count_as
             engine.shutdown()
 
     asyncio.run(main())
+
+
+def test_outputs_for_an_event_loop_that_has_closed_do_not_stop_the_engine():
+    runner = SlowRunner()
+    engine = AsyncEngine(make_engine(runner))
+    try:
+
+        async def leave_mid_request():
+            gone = engine.generate([1], SamplingParams(temperature=0, max_tokens=50))
+            await anext(gone)
+            await wait_for(lambda: engine.num_running == 1)  # the engine thread is inside a step for it
+
+        asyncio.run(leave_mid_request())  # this loop closes while the step is still running
+        runner.release.set()  # the step ends and posts its outputs to the closed loop
+        assert asyncio.run(asyncio.wait_for(text(engine, [2]), 10)) == "hello world"
+    finally:
+        runner.release.set()
+        engine.shutdown()

@@ -9,6 +9,7 @@ is aborted, so its slot is free by the next step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -52,7 +53,14 @@ class _Sink:
     queue: asyncio.Queue
 
     def __call__(self, item: RequestOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        _post(self.loop, self.queue.put_nowait, item)
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
+    """callback(*args) on loop's thread; nothing when that loop has closed (its consumers went with it), so one
+    closed loop never takes the engine thread down."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
@@ -131,7 +139,7 @@ class AsyncEngine:
                 if not future.done():
                     future.set_exception(exc) if exc is not None else future.set_result(result)
 
-            loop.call_soon_threadsafe(settle)
+            _post(loop, settle)
 
         self._commands.put(_Call(fn, done))
         return await future
@@ -293,4 +301,4 @@ class AsyncEngine:
             if sink is not None:
                 batches.setdefault(sink.loop, []).append((sink.queue, out))
         for loop, items in batches.items():
-            loop.call_soon_threadsafe(_deliver, items)
+            _post(loop, _deliver, items)
