@@ -74,7 +74,7 @@ def test_a_route_that_runs_the_model_or_changes_state_needs_a_key_and_says_so_in
 
 
 def test_health_the_root_the_pages_and_the_api_description_need_no_key(keyed):
-    for path in ("/health", "/", "/ui", "/ui/dashboard", "/openapi.json", "/docs"):
+    for path in ("/health", "/", "/ui", "/ui/dashboard", "/favicon.ico", "/openapi.json", "/docs"):
         assert httpx.get(keyed.url + path).status_code == 200, path
 
 

@@ -2,6 +2,7 @@
 
 import time
 
+import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -109,3 +110,71 @@ def test_a_server_with_keys_asks_for_one_and_the_page_then_chats_with_it(keyed_s
         expect(page.locator("#key-form")).to_be_hidden()
         page.screenshot(path=str(tmp_path / "keyed.png"))
         browser.close()
+
+
+def test_the_pages_have_an_icon_and_the_browser_finds_it(server, page):
+    icon = httpx.get(f"{server.url}/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.text.startswith("<svg")
+    href = page.locator("link[rel=icon]").get_attribute("href")
+    assert httpx.get(f"{server.url}{href}").status_code == 200
+
+
+SAVED = {
+    "system": "Be brief.",
+    "model": "smollm2-135m-instruct",
+    "history": [
+        {"role": "user", "content": "Show code and a list."},
+        {
+            "role": "assistant",
+            "model": "smollm2-135m-instruct",
+            "content": "Here:\n\n```python\nprint('hi')\n```\n\n- one\n- **two**\n\n"
+            '<img src=x onerror="window.pwned=1">',
+        },
+    ],
+}
+
+
+def test_the_conversation_survives_a_reload_renders_markdown_safely_and_tells_the_roles_apart(server, page):
+    page.evaluate("saved => localStorage.setItem('slmserve-chat', JSON.stringify(saved))", SAVED)
+    page.reload()
+    expect(page.locator(".msg")).to_have_count(2)
+    answer = page.locator(".msg.assistant")
+    expect(answer.locator("pre code")).to_have_text("print('hi')")
+    expect(answer.locator("li")).to_have_count(2)
+    expect(answer.locator("strong")).to_have_text("two")
+    assert answer.locator("img").count() == 0 or answer.locator("img").get_attribute("onerror") is None
+    assert page.evaluate("window.pwned") is None  # the model's HTML is sanitized, never run
+    role = "el => getComputedStyle(el, '::before').content"
+    assert page.locator(".msg.user").evaluate(role) == '"You"'
+    assert page.locator(".msg.assistant").evaluate(role) == '"smollm2-135m-instruct"'
+    assert page.input_value("#system") == "Be brief."
+
+    # The picker lists what /v1/models lists; a new turn goes on from the restored history.
+    expect(page.locator("#model option")).to_have_count(1)
+    assert page.input_value("#model") == "smollm2-135m-instruct"
+    page.locator("#settings summary").click()
+    page.fill("#max_tokens", "8")
+    page.fill("#input", "And one more?")
+    page.click("#send")
+    expect(page.locator("#send")).to_be_enabled(timeout=30_000)
+    expect(page.locator(".msg")).to_have_count(4)
+    page.reload()
+    expect(page.locator(".msg")).to_have_count(4)  # the new turn was saved too
+    page.click("#clear")
+    page.reload()
+    expect(page.locator(".msg")).to_have_count(0)
+
+
+@pytest.mark.parametrize(("path", "shows"), [("/docs", ".opblock"), ("/redoc", "[data-section-id]")])
+def test_the_api_docs_render_from_the_package_without_internet(server, page, path, shows):
+    elsewhere = []
+    page.on("request", lambda r: r.url.startswith(("http://", "https://")) and not r.url.startswith(server.url)
+            and elsewhere.append(r.url))  # fmt: skip
+    page.goto(f"{server.url}{path}")
+    expect(page.locator(shows).first).to_be_visible(timeout=20_000)
+    assert page.locator(shows).count() > 10  # the routes are listed
+    expect(page.get_by_text("/v1/chat/completions").first).to_be_attached()
+    # No CDN, no web fonts. Redoc's footer asks for its "API docs by Redocly" logo from its CDN; the page renders
+    # without it, as checked above.
+    assert [url for url in elsewhere if url != "https://cdn.redoc.ly/redoc/logo-mini.svg"] == []

@@ -46,7 +46,8 @@ def create_app(settings: Settings, model: LoadedModel | None = None, connect: Co
                 loader.cancel()
             state.detach()
 
-    app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan)
+    # /docs and /redoc are routes/ui.py's: FastAPI's own load their scripts from a CDN, blank without internet.
+    app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.slm = state
     # Each add_middleware wraps the ones before it: the last added sees a request first.
     app.add_middleware(CancelOnDisconnect)

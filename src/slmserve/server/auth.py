@@ -26,7 +26,7 @@ from slmserve.settings import Settings
 
 # What anyone may reach: the health checks, the pages and the API's own description. Everything else (the model,
 # state changes, /info, /v1/models) needs a key: a route added later is closed until it is listed here.
-PUBLIC = {"/health", "/", "/ui", "/ui/dashboard", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+PUBLIC = {"/health", "/", "/ui", "/ui/dashboard", "/favicon.ico", "/docs", "/redoc", "/openapi.json"}
 PUBLIC_PREFIXES = ("/ui/static/",)
 
 # Buckets of client addresses are dropped once full (idle) when there are more than this many.

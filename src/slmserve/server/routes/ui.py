@@ -1,14 +1,17 @@
-"""The web pages: the chat at /ui and the live dashboard at /ui/dashboard. Static files, no build step."""
+"""The web pages: the chat at /ui, the live dashboard at /ui/dashboard, the API docs at /docs and /redoc. Static
+files, no build step, nothing from the internet."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+VENDOR = "/ui/static/vendor"
 
 router = APIRouter()
 
@@ -22,6 +25,35 @@ async def page() -> FileResponse:
 async def dashboard() -> FileResponse:
     """Charts of /metrics, polled by the page itself every second."""
     return FileResponse(STATIC / "dashboard.html")
+
+
+@router.get("/docs", include_in_schema=False)
+async def swagger_ui() -> HTMLResponse:
+    """FastAPI's Swagger UI page, its assets served from the package (vendor/README.md), not a CDN."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="slmserve API",
+        swagger_js_url=f"{VENDOR}/swagger-ui-bundle.js",
+        swagger_css_url=f"{VENDOR}/swagger-ui.css",
+        swagger_favicon_url="/favicon.ico",
+    )
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc() -> HTMLResponse:
+    return get_redoc_html(
+        openapi_url="/openapi.json",
+        title="slmserve API",
+        redoc_js_url=f"{VENDOR}/redoc.standalone.js",
+        redoc_favicon_url="/favicon.ico",
+        with_google_fonts=False,
+    )
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    """Browsers ask for it on every page; an SVG, which they take under this name too."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
 def mount_static(app: FastAPI) -> None:

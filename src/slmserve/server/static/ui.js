@@ -1,15 +1,41 @@
-// slmserve's chat page: streams /v1/chat/completions, keeps the conversation, Stop aborts on the server.
+// slmserve's chat page: streams /v1/chat/completions and renders the answer's markdown (marked, then DOMPurify);
+// keeps the conversation, system prompt and chosen model in this browser across reloads; Stop aborts on the server.
 const $ = (id) => document.getElementById(id);
-const history = [];
+const STORE = "slmserve-chat";
+const history = []; // {role, content, model}: what was said, and which model or adapter said it
 let controller = null;
+let wantedModel = null; // the model the saved conversation used, chosen once /v1/models lists it
 
-function addMessage(role, text) {
+function render(div, role, text) {
+  if (role === "assistant") div.innerHTML = DOMPurify.sanitize(marked.parse(text));
+  else div.textContent = text;
+}
+
+function addMessage(role, text, model) {
   const div = document.createElement("div");
   div.className = `msg ${role}`;
-  div.textContent = text;
+  if (role === "assistant") div.dataset.model = model || "Assistant";
+  render(div, role, text);
   $("log").appendChild(div);
   div.scrollIntoView({ block: "end" });
   return div;
+}
+
+function save() {
+  const state = { history, system: $("system").value, model: $("model").value || wantedModel };
+  localStorage.setItem(STORE, JSON.stringify(state));
+}
+
+function restore() {
+  let saved = null;
+  try { saved = JSON.parse(localStorage.getItem(STORE) || "null"); } catch (_) { /* a stale or foreign value */ }
+  if (!saved) return;
+  $("system").value = saved.system || "";
+  wantedModel = saved.model || null;
+  for (const m of saved.history || []) {
+    history.push(m);
+    addMessage(m.role, m.content, m.model);
+  }
 }
 
 function showError(text) {
@@ -33,8 +59,10 @@ async function errorText(response) {
 function requestBody() {
   const number = (id) => Number($(id).value);
   const system = $("system").value.trim();
+  const turns = history.map(({ role, content }) => ({ role, content }));
   return {
-    messages: (system ? [{ role: "system", content: system }] : []).concat(history),
+    model: $("model").value || undefined,
+    messages: (system ? [{ role: "system", content: system }] : []).concat(turns),
     stream: true,
     stream_options: { include_usage: true },
     temperature: number("temperature"),
@@ -51,9 +79,11 @@ function setBusy(busy) {
 
 async function send(text) {
   showError("");
+  const model = $("model").value;
   history.push({ role: "user", content: text });
   addMessage("user", text);
-  const bubble = addMessage("assistant", "");
+  const bubble = addMessage("assistant", "", model);
+  let answer = "";
   controller = new AbortController();
   setBusy(true);
   const started = performance.now();
@@ -84,7 +114,8 @@ async function send(text) {
         if (piece) {
           first = first || performance.now();
           chunks += 1;
-          bubble.textContent += piece;
+          answer += piece;
+          render(bubble, "assistant", answer);
           bubble.scrollIntoView({ block: "end" });
         }
       }
@@ -96,8 +127,9 @@ async function send(text) {
     setBusy(false);
     controller = null;
   }
-  if (bubble.textContent) history.push({ role: "assistant", content: bubble.textContent });
+  if (answer) history.push({ role: "assistant", content: answer, model });
   else { bubble.remove(); if (!bubble.classList.contains("stopped")) history.pop(); }
+  save();
   const end = performance.now();
   const n = tokens ?? chunks;
   if (first && n > 1) {
@@ -117,9 +149,24 @@ $("input").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("form").requestSubmit(); }
 });
 $("stop").addEventListener("click", () => controller && controller.abort());
-$("clear").addEventListener("click", () => { history.length = 0; $("log").innerHTML = ""; showError(""); });
-function showModel() {
-  apiFetch("/v1/models").then((r) => r.json()).then((m) => { $("model").textContent = m.data[0].id; }).catch(() => {});
+$("clear").addEventListener("click", () => { history.length = 0; $("log").innerHTML = ""; showError(""); save(); });
+$("system").addEventListener("change", save);
+$("model").addEventListener("change", () => { wantedModel = $("model").value; save(); });
+
+// The models and LoRA adapters the server lists, the default first.
+function showModels() {
+  apiFetch("/v1/models").then((r) => r.json()).then((list) => {
+    const select = $("model");
+    select.innerHTML = "";
+    for (const card of list.data) {
+      const option = document.createElement("option");
+      option.value = card.id;
+      option.textContent = card.parent ? `${card.id} (LoRA on ${card.parent})` : card.id;
+      select.appendChild(option);
+    }
+    if (wantedModel && [...select.options].some((o) => o.value === wantedModel)) select.value = wantedModel;
+  }).catch(() => {});
 }
-setUpKeyForm(showModel);
-showModel();
+setUpKeyForm(showModels);
+restore();
+showModels();
