@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -100,8 +101,9 @@ def run_chat_turns(
     adapter: str | None = None,
     commands: bool = True,
 ) -> int:
-    """Load the model, then answer each user turn in order, keeping the history. The exit code: 0, 130 when
-    Ctrl-C stopped the last answer of a one-shot run (commands=False), 2 when the model cannot be used."""
+    """Load the model, then answer each user turn in order, keeping the history. The exit code: 0; for a one-shot
+    run (commands=False) 130 when Ctrl-C stopped its answer and 1 when the filter refused it; 2 when the model
+    cannot be used."""
     try:
         model = load_model(settings)
     except (FileNotFoundError, ValueError) as exc:
@@ -113,33 +115,52 @@ def run_chat_turns(
         model.close()
         return 2
     conversation, blocked = Conversation(system), ContentFilter(settings.blocked_words)
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
     engine = AsyncEngine(model.engine)
     code = 0
     try:
         with asyncio.Runner() as runner, _stopping(engine):  # the engine stops before the loop it posts to closes
             for turn in turns:
-                if commands and turn.startswith("/"):
-                    _err.print(conversation.command(turn), markup=False)
-                    continue
-                if blocked.blocks(turn):
-                    _err.print(f"[red]{REFUSAL}[/red] (--blocked-words sets the words; '' turns the filter off)")
-                    continue
-                params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
                 try:
-                    answer = runner.run(_answer(model, engine, [*conversation.messages, _user(turn)], params, adapter))
-                except KeyboardInterrupt:  # the Runner cancelled the answer: the engine aborts the request
+                    answer = _turn(runner, model, engine, conversation, blocked, turn, params, adapter, commands)
+                except KeyboardInterrupt:  # the Runner cancelled the answer (or Ctrl-C came just before it): aborted
                     sys.stdout.write("\n")
                     _err.print("[dim](stopped)[/dim]")
                     code = 130
                     continue
                 except ValueError as exc:
-                    _err.print(f"[red]{exc}[/red]")
+                    _err.print(str(exc), style="red", markup=False)
                     return 1
+                if answer is None:  # a command, or a prompt the filter refused
+                    code = 0 if turn.startswith("/") else 1
+                    continue
                 code = 0
                 conversation.turns += [_user(turn), {"role": "assistant", "content": answer}]
     finally:
         model.close()
     return 0 if commands else code
+
+
+def _turn(
+    runner: asyncio.Runner,
+    model: LoadedModel,
+    engine: AsyncEngine,
+    conversation: Conversation,
+    blocked: ContentFilter,
+    turn: str,
+    params: SamplingParams,
+    adapter: str | None,
+    commands: bool,
+) -> str | None:
+    """One typed line: a command carried out, a refusal, or the model's answer (streamed as it comes)."""
+    if commands and turn.startswith("/"):
+        _err.print(conversation.command(turn), markup=False)
+        return None
+    if blocked.blocks(turn):
+        _err.print(f"[red]{REFUSAL}[/red] (--blocked-words sets the words; '' turns the filter off)")
+        return None
+    messages = [*conversation.messages, _user(turn)]
+    return runner.run(_answer(model, engine, messages, dataclasses.replace(params), adapter))
 
 
 @contextlib.contextmanager

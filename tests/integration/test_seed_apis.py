@@ -3,7 +3,7 @@
 import json
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -201,15 +201,20 @@ def test_slm_lifecycle_load_generate_unload_and_stream_loads_again(own_server):
     assert httpx.get(f"{s.url}/health").status_code == 200
 
 
+def unload_while_running(s, pool: ThreadPoolExecutor, max_tokens: int) -> tuple[Future, Future]:
+    """A chat of max_tokens tokens, then /slm/unload once it runs: (the chat, the unload)."""
+    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": max_tokens, "ignore_eos": True}
+    running = pool.submit(post, s, "/v1/chat/completions", body)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and s.metric("slmserve_requests_running") < 1:
+        time.sleep(0.02)
+    return running, pool.submit(httpx.post, f"{s.url}/slm/unload", timeout=120)
+
+
 def test_unload_lets_requests_in_flight_finish(own_server):
     s = own_server
-    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 200, "ignore_eos": True}
     with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(post, s, "/v1/chat/completions", body)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and s.metric("slmserve_requests_running") < 1:
-            time.sleep(0.02)
-        unload = pool.submit(httpx.post, f"{s.url}/slm/unload", timeout=120)
+        running, unload = unload_while_running(s, pool, 200)
         r = running.result()
         assert unload.result().json()["success"] is True
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 200
@@ -219,13 +224,8 @@ def test_unload_lets_requests_in_flight_finish(own_server):
 def test_a_generate_sent_during_an_unload_is_refused_and_does_not_load_the_model_again(own_server):
     s = own_server
     post(s, "/slm/load", {})
-    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 150, "ignore_eos": True}
     with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(post, s, "/v1/chat/completions", body)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and s.metric("slmserve_requests_running") < 1:
-            time.sleep(0.02)
-        unload = pool.submit(httpx.post, f"{s.url}/slm/unload", timeout=120)
+        running, unload = unload_while_running(s, pool, 150)
         time.sleep(0.3)  # the unload now waits for the running request
         raced = post(s, "/slm/generate", {"prompt": "Hi", "max_new_tokens": 4})
         streamed = sse_events(s, "/slm/stream", {"prompt": "Hi", "max_new_tokens": 4})

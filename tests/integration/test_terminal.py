@@ -24,6 +24,7 @@ def test_chat_handles_commands_itself_ctrl_c_stops_an_answer_and_ctrl_d_leaves()
     assert "tokens, first after" not in chat.before  # not sent to the model
 
     chat.sendline("Tell me a very long story about a dragon and a knight.")
+    chat.expect(r"knight\.\r\n")  # the terminal's echo of the line
     chat.expect(r"\w+ \w+ \w+")  # the answer streams
     chat.sendintr()  # Ctrl-C
     chat.expect(r"\(stopped\)")
@@ -72,3 +73,10 @@ def test_an_adapter_that_is_not_loaded_is_refused_by_name():
     gen.expect(pexpect.EOF)
     gen.close()
     assert gen.exitstatus == 2 and "no LoRA adapter 'pirate'" in gen.before
+
+
+def test_generate_refuses_a_blocked_prompt_with_exit_1():
+    gen = spawn("generate", "I hate mondays.")
+    gen.expect(pexpect.EOF)
+    gen.close()
+    assert gen.exitstatus == 1 and "Prompt contains inappropriate content" in gen.before
