@@ -77,7 +77,7 @@ async def _answer(
     room = model.max_model_len - len(ids)
     if room < 1:
         raise ValueError(f"the conversation ({len(ids)} tokens) no longer fits the context ({model.max_model_len})")
-    params.max_tokens = min(params.max_tokens, room)
+    params = dataclasses.replace(params, max_tokens=min(params.max_tokens, room))
     text, start, first, n = "", time.perf_counter(), None, 0
     async for out in engine.generate(ids, params, adapter=adapter):
         first = first or time.perf_counter()
@@ -160,7 +160,7 @@ def _turn(
         _err.print(f"[red]{REFUSAL}[/red] (--blocked-words sets the words; '' turns the filter off)")
         return None
     messages = [*conversation.messages, _user(turn)]
-    return runner.run(_answer(model, engine, messages, dataclasses.replace(params), adapter))
+    return runner.run(_answer(model, engine, messages, params, adapter))
 
 
 @contextlib.contextmanager

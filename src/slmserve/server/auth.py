@@ -173,9 +173,10 @@ class Auth:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        name = self._name(request)
+        given = _presented(request)
+        name = self._name(given)
         if self.keys and name is None:
-            await self._refuse(request, scope, receive, send, self._unauthorized(request))
+            await self._refuse(request, scope, receive, send, _unauthorized(sent=given is not None))
             return
         client = self._client_for(name or (request.client.host if request.client else "unknown"))
         record = current_record()
@@ -201,12 +202,8 @@ class Auth:
         finally:
             _client.reset(token)
 
-    def _name(self, request: Request) -> str | None:
-        """The name of the key the request sends, None when it sends none or one that is not ours."""
-        given = request.headers.get("x-api-key")
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if given is None and scheme.lower() == "bearer":
-            given = credentials.strip()
+    def _name(self, given: str | None) -> str | None:
+        """The name of the key given, None for no key or one that is not ours."""
         if not given:
             return None
         given_bytes = given.encode()
@@ -215,17 +212,6 @@ class Auth:
             if hmac.compare_digest(key, given_bytes):
                 found = name
         return found
-
-    @staticmethod
-    def _unauthorized(request: Request) -> errors.APIError:
-        bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
-        sent = "x-api-key" in request.headers or bearer
-        message = (
-            "Incorrect API key provided."
-            if sent
-            else "Missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'."
-        )
-        return errors.APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     def _client_for(self, name: str) -> Client | None:
         if self.rpm is None and self.tpm is None:
@@ -252,6 +238,24 @@ class Auth:
         if client is not None:
             response.raw_headers.extend(client.headers())
         await response(scope, receive, send)
+
+
+def _presented(request: Request) -> str | None:
+    """The key a request sends: its x-api-key header, else its Bearer token; None when it sends neither."""
+    given = request.headers.get("x-api-key")
+    scheme, space, credentials = request.headers.get("authorization", "").partition(" ")
+    if given is None and scheme.lower() == "bearer" and space:
+        given = credentials.strip()
+    return given
+
+
+def _unauthorized(sent: bool) -> errors.APIError:
+    message = (
+        "Incorrect API key provided."
+        if sent
+        else "Missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'."
+    )
+    return errors.APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def _idle(client: Client) -> bool:

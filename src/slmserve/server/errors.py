@@ -105,6 +105,16 @@ def rate_limited(kind: str, limit: int, wait: float) -> APIError:
     )
 
 
+def timed_out(timeout: float) -> APIError:
+    """504 for a request aborted at its deadline (--request-timeout or its x-request-timeout header)."""
+    return APIError(
+        504,
+        f"The request ran past its deadline of {timeout:g} s and was stopped; raise x-request-timeout "
+        "(up to the server's --request-timeout) or lower max_tokens.",
+        code="timeout",
+    )
+
+
 def invalid_grammar(reason: str, param: str = "response_format") -> APIError:
     """A response_format (or the tools' parameters) that no grammar can be made of."""
     return APIError(400, f"{param} cannot be followed: {reason}", param=param, code="invalid_grammar")

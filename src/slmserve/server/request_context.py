@@ -51,15 +51,6 @@ def current_record() -> Record | None:
     return _record.get()
 
 
-def timed_out(timeout: float) -> errors.APIError:
-    return errors.APIError(
-        504,
-        f"The request ran past its deadline of {timeout:g} s and was stopped; raise x-request-timeout "
-        "(up to the server's --request-timeout) or lower max_tokens.",
-        code="timeout",
-    )
-
-
 class RequestContext:
     def __init__(self, app: ASGIApp, request_timeout: float | None, json_logs: bool) -> None:
         self.app, self.request_timeout, self.json_logs = app, request_timeout, json_logs

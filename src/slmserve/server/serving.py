@@ -19,9 +19,10 @@ from slmserve.engine.structured import GrammarError, grammar_from
 from slmserve.server import auth, errors
 from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
+from slmserve.server.limits import off_loop
 from slmserve.server.metrics import Metrics
 from slmserve.server.protocol import openai as oa
-from slmserve.server.request_context import current_record, timed_out
+from slmserve.server.request_context import current_record
 from slmserve.server.streams import merge
 from slmserve.server.tools import ToolUse
 from slmserve.settings import Settings
@@ -69,6 +70,16 @@ class Serving:
         """400 when user input holds a blocked word."""
         if self.content_filter.blocks(*texts):
             raise errors.blocked_content()
+
+    async def chat_prompt_ids(self, prompt: str, *user_texts: str | None) -> list[int]:
+        """A rendered chat prompt's token ids once the content filter has passed the user's texts; a long prompt
+        off the event loop. The template writes any BOS itself, as Hugging Face's apply_chat_template does."""
+
+        def work() -> list[int]:
+            self.check_content(*user_texts)
+            return self.model.tokenizer.encode(prompt, add_special=False)
+
+        return await off_loop(len(prompt), work)
 
     def check_model(self, name: str | None) -> str | None:
         """The LoRA adapter a request's `model` names, None for the base model; 404 for an unknown name."""
@@ -243,7 +254,7 @@ async def _accounted(
             except TimeoutError:
                 if not deadline.expired():
                     raise
-                raise timed_out(record.timeout) from None
+                raise errors.timed_out(record.timeout) from None
             accepted = True
             produced[i] = out.num_output_tokens
             yield i, out

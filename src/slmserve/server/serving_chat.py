@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from slmserve.models.chat_template import text_of
-from slmserve.server.limits import off_loop
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, usage
 from slmserve.server.streams import primed, sse_stream
@@ -20,13 +19,7 @@ async def create_chat_completion(
     tool_use = ToolUse.of(req)
     messages = render_history([m.model_dump(exclude_none=True) for m in req.messages])
     prompt = chat_prompt(serving, messages, tool_use)
-
-    def checked_ids() -> list[int]:
-        serving.check_content(*(text_of(m.get("content")) for m in messages))
-        # The template writes any BOS itself, as Hugging Face's apply_chat_template does.
-        return serving.model.tokenizer.encode(prompt, add_special=False)
-
-    prompt_ids = await off_loop(len(prompt), checked_ids)
+    prompt_ids = await serving.chat_prompt_ids(prompt, *(text_of(m.get("content")) for m in messages))
     top = (req.top_logprobs or 0) if req.logprobs else None
     params = serving.sampling_params(req, len(prompt_ids), top, await serving.grammar(req.response_format, tool_use))
     if req.stream:

@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import errors
 from slmserve.server.app_state import ModelState
-from slmserve.server.limits import off_loop
 from slmserve.server.protocol import seeds as sd
 from slmserve.server.serving import Choice, Serving, usage
 from slmserve.server.streams import sse
@@ -25,12 +24,7 @@ async def chat_ids(serving: Serving, system_prompt: str, user_prompt: str) -> tu
         {"role": "user", "content": user_prompt}
     ]
     prompt = serving.model.chat_template.render(messages)
-
-    def checked_ids() -> list[int]:
-        serving.check_content(system_prompt, user_prompt)
-        return serving.model.tokenizer.encode(prompt, add_special=False)
-
-    return prompt, await off_loop(len(prompt), checked_ids)
+    return prompt, await serving.chat_prompt_ids(prompt, system_prompt, user_prompt)
 
 
 async def answer(serving: Serving, req: sd.InferRequest) -> tuple[Choice, int]:

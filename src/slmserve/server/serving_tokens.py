@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import numpy as np
@@ -36,8 +35,8 @@ async def create_embedding(serving: Serving, req: pe.EmbeddingRequest) -> pe.Emb
     items = req.items
     if isinstance(items[0], str):
         encode = serving.model.tokenizer.encode
-        # Off the event loop: 2,048 long inputs take a while to tokenize, and other requests must not wait.
-        token_lists = await asyncio.to_thread(lambda: [encode(text, add_special=True) for text in items])
+        # 2,048 long inputs take a while to tokenize: off the event loop, so other requests do not wait.
+        token_lists = await off_loop(sum(map(len, items)), lambda: [encode(text, add_special=True) for text in items])
     else:
         token_lists = items
         for tokens in token_lists:
