@@ -1,7 +1,8 @@
 """The cost of the cluster's gateway hop: the single process against `slmserve cluster` on the same machine.
 
 Servers (in this order each round): the single process (`slmserve serve`, --n-threads 2), the cluster with 1
-model-host replica of 2 threads, and with 2 replicas of 1 thread. Each gets `slmserve bench` (streaming chat,
+model-host replica of 2 threads, and with 2 replicas of 1 thread, behind Ray's proxy (the default) and with
+`--direct-ingress`. Each gets `slmserve bench` (streaming chat,
 greedy, EOS banned, so every request yields exactly --max-tokens) at each concurrency; rounds alternate the
 servers so each one's figures sit minutes from its peers'. The summary takes the median over rounds and puts
 each cluster's tok/s and TTFT beside the single process's. Writes one JSON per server and round, and summary.json.
@@ -27,6 +28,9 @@ SERVERS = {
     "single": ["serve", "--n-threads", "2"],
     "cluster-1x2": ["cluster", "--replicas", "1", "--threads", "2"],
     "cluster-2x1": ["cluster", "--replicas", "2", "--threads", "1"],
+    # Ray's throughput-optimized mode: the gateway serves the port itself, model hosts over gRPC.
+    "direct-1x2": ["cluster", "--direct-ingress", "--replicas", "1", "--threads", "2"],
+    "direct-2x1": ["cluster", "--direct-ingress", "--replicas", "2", "--threads", "1"],
 }
 
 

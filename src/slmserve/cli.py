@@ -196,6 +196,14 @@ def cluster(
     target_ongoing_requests: Annotated[float, typer.Option(help="Autoscaling: requests per replica to aim at.")] = 16,
     threads: Annotated[int, typer.Option(help="llama.cpp threads per replica.")] = 1,
     drain_seconds: Annotated[float, typer.Option(help="On stop, replicas finish requests for this long.")] = 30,
+    direct_ingress: Annotated[
+        bool,
+        typer.Option(
+            "--direct-ingress/--ray-proxy",
+            help="Experimental: Ray's throughput-optimized mode (the gateway serves --port itself, hosts over gRPC):"
+            " faster, but Ray balances bursts worse in it (docs/PERFORMANCE.md).",
+        ),
+    ] = False,
 ) -> None:
     """Serve on a local Ray Serve cluster: a gateway, N model-host replicas per model (extra slmserve\\[cluster])."""
     try:
@@ -209,7 +217,7 @@ def cluster(
         ClusterOptions, replicas, min_replicas, max_replicas, target_ongoing_requests, threads, drain_seconds
     )
     _checked(settings.per_model)
-    run_cluster(settings, options)
+    run_cluster(settings, options, direct_ingress=direct_ingress)
 
 
 # Settings of the HTTP server only: `generate` and `chat` run the engine in the terminal and do not show them.

@@ -74,3 +74,12 @@ def cluster() -> Iterator[Cluster]:
     live.wait_healthy()
     yield live
     live.stop()
+
+
+@pytest.fixture(scope="module")
+def direct() -> Iterator[Cluster]:
+    """`--direct-ingress`, one replica: the gateway serves the port itself."""
+    live = Cluster("--direct-ingress", "--replicas", "1", "--threads", "1", "--max-running", "8")
+    live.wait_healthy()
+    yield live
+    live.stop()

@@ -31,7 +31,7 @@ class ClusterOptions:
     threads: int = 1  # llama.cpp threads per replica (and the CPUs Ray reserves for it)
     drain_seconds: float = 30.0  # a stopping replica finishes its requests for this long
     # The most requests a replica holds: its engine's running and waiting. Ray's default of 5 would starve a
-    # continuous-batching engine; past this, requests wait in Ray's queue (max_queued_requests), then get 429.
+    # continuous-batching engine; past what the replicas hold, the gateway answers 429.
     max_ongoing_requests: int | None = None
 
     def __post_init__(self) -> None:
@@ -80,7 +80,10 @@ def _host(settings: Settings, options: ClusterOptions):
         name=f"host-{settings.model_name}",
         ray_actor_options={"num_cpus": options.threads},
         max_ongoing_requests=ongoing,
-        max_queued_requests=settings.max_waiting,
+        # Ray's queue in a gateway holds requests only until its router has picked a replica; a burst can fill it
+        # faster than the router (on the gateway's event loop) drains it, so it may hold what all replicas can.
+        # The gateway refuses first, at what the hosts hold (cluster/client.py): that is the 429 a client sees.
+        max_queued_requests=options.most_replicas * ongoing,
         graceful_shutdown_timeout_s=options.drain_seconds,
         health_check_period_s=5,
         health_check_timeout_s=30,

@@ -52,8 +52,8 @@ class RayEngineClient:
         self._stream = handle.options(stream=True)
         # This gateway's own count of its requests at the hosts: waiting until their first token, then running.
         self._running = self._waiting = 0
-        # What the hosts can hold: each replica's engine (Ray sends it no more than that) and Ray's queue in
-        # front of them. Past it Ray answers BackPressureError (a 429) anyway; counting here refuses sooner.
+        # What the hosts can hold: each replica's engine (Ray sends it no more than that), and as many again as
+        # one engine's waiting queue in Ray's queue in front of them. Past it, a 429 from here.
         self._max_waiting = replicas * (info["max_running"] + info["max_waiting"]) + info["max_waiting"]
         self._embed_len = info["embed_len"]
 
