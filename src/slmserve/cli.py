@@ -194,6 +194,8 @@ def cluster(
     min_replicas: Annotated[int, typer.Option(help="Autoscaling: fewest replicas (with --max-replicas).")] = 1,
     max_replicas: Annotated[int | None, typer.Option(help="Autoscaling: most replicas; turns autoscaling on.")] = None,
     target_ongoing_requests: Annotated[float, typer.Option(help="Autoscaling: requests per replica to aim at.")] = 16,
+    upscale_delay: Annotated[float, typer.Option(help="Autoscaling: seconds over target before adding one.")] = 10,
+    downscale_delay: Annotated[float, typer.Option(help="Autoscaling: seconds under target before removing.")] = 120,
     threads: Annotated[int, typer.Option(help="llama.cpp threads per replica.")] = 1,
     drain_seconds: Annotated[float, typer.Option(help="On stop, replicas finish requests for this long.")] = 30,
     direct_ingress: Annotated[
@@ -214,7 +216,17 @@ def cluster(
         raise typer.Exit(1) from exc
     _logging(settings)
     options = _checked(
-        ClusterOptions, replicas, min_replicas, max_replicas, target_ongoing_requests, threads, drain_seconds
+        functools.partial(
+            ClusterOptions,
+            replicas=replicas,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            target_ongoing_requests=target_ongoing_requests,
+            upscale_delay_s=upscale_delay,
+            downscale_delay_s=downscale_delay,
+            threads=threads,
+            drain_seconds=drain_seconds,
+        )
     )
     _checked(settings.per_model)
     run_cluster(settings, options, direct_ingress=direct_ingress)

@@ -83,3 +83,15 @@ def direct() -> Iterator[Cluster]:
     live.wait_healthy()
     yield live
     live.stop()
+
+
+@pytest.fixture(scope="module")
+def autoscaling() -> Iterator[Cluster]:
+    """Between 1 and 2 replicas, aiming at 4 requests a replica, quick to react either way."""
+    live = Cluster(
+        "--min-replicas", "1", "--max-replicas", "2", "--target-ongoing-requests", "4", "--upscale-delay", "1",
+        "--downscale-delay", "3", "--threads", "1", "--max-running", "8",
+    )  # fmt: skip
+    live.wait_healthy()
+    yield live
+    live.stop()

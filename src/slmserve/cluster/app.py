@@ -28,6 +28,10 @@ class ClusterOptions:
     min_replicas: int = 1
     max_replicas: int | None = None
     target_ongoing_requests: float = 16.0  # per replica, for the autoscaler
+    # How long load must stay above (below) target before the autoscaler adds (removes) a replica. A model host
+    # starts in seconds, so upscaling need not wait Ray's default 30 s; downscaling waits to ride out pauses.
+    upscale_delay_s: float = 10.0
+    downscale_delay_s: float = 120.0
     threads: int = 1  # llama.cpp threads per replica (and the CPUs Ray reserves for it)
     drain_seconds: float = 30.0  # a stopping replica finishes its requests for this long
     # The most requests a replica holds: its engine's running and waiting. Ray's default of 5 would starve a
@@ -35,6 +39,8 @@ class ClusterOptions:
     max_ongoing_requests: int | None = None
 
     def __post_init__(self) -> None:
+        if self.upscale_delay_s < 0 or self.downscale_delay_s < 0:
+            raise ValueError("upscale and downscale delays cannot be negative")
         if self.replicas < 1 or self.min_replicas < 0 or self.threads < 1:
             raise ValueError("replicas and threads must be at least 1, min_replicas at least 0")
         if self.max_replicas is not None and self.max_replicas < max(self.min_replicas, 1):
@@ -53,6 +59,8 @@ class ClusterOptions:
                 "initial_replicas": max(self.min_replicas, 1),
                 "max_replicas": self.max_replicas,
                 "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
             }
         }
 
