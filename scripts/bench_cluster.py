@@ -34,14 +34,14 @@ SERVERS = {
 }
 
 
-def summarize(runs: list[dict], levels: list[int]) -> dict:
+def summarize(runs: list[dict], levels: list[int], servers: list[str]) -> dict:
     def median(server: str, level: int, field: str) -> float:
         picked = [r for run in runs if run["server"] == server for r in run["results"] if r["concurrency"] == level]
         values = [r[field] for r in picked]
         return statistics.median(values)
 
     out = {}
-    for server in SERVERS:
+    for server in servers:
         row = {}
         for level in levels:
             tps, ttft = median(server, level, "tokens_per_s"), median(server, level, "ttft_p50_s")
@@ -62,21 +62,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 32])
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--servers", type=lambda s: s.split(","), default=list(SERVERS), help=",".join(SERVERS))
     args = parser.parse_args()
+    if "single" not in args.servers or not set(args.servers) <= set(SERVERS):
+        parser.error(f"--servers: some of {','.join(SERVERS)}, single among them")
     args.seed_shaped = False  # bench_compare's own extra runs: not asked for here
     args.out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "slmserve.cli"]
     runs = [
         bench_server(name, [*cli, *SERVERS[name]], "/health", free_port(), args, r)
         for r in range(1, args.rounds + 1)
-        for name in SERVERS
+        for name in args.servers
     ]
     summary = {
         "machine": {"cpu_count": os.cpu_count()},
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
         "startup_to_health_s": {run["server"]: run["startup_to_health_s"] for run in runs},
-        "median": summarize(runs, args.concurrency),
+        "median": summarize(runs, args.concurrency, args.servers),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["median"], indent=2))

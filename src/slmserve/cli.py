@@ -203,7 +203,7 @@ def cluster(
         typer.Option(
             "--direct-ingress/--ray-proxy",
             help="Experimental: Ray's throughput-optimized mode (the gateway serves --port itself, hosts over gRPC):"
-            " faster, but Ray balances bursts worse in it (docs/PERFORMANCE.md).",
+            " faster; or every request through Ray's proxy actor (docs/PERFORMANCE.md).",
         ),
     ] = False,
 ) -> None:

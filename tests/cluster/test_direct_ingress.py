@@ -1,6 +1,6 @@
 """`slmserve cluster --direct-ingress`: Ray Serve's throughput-optimized mode, where the gateway replica serves
 the port itself (no proxy actor in the path) and calls model hosts over gRPC. One replica; the routing tests of
-test_cluster.py run on the default mode (see cluster/run.py for why this one is not the default)."""
+test_cluster.py run on the default mode (see cluster/run.py for why this one is not the default yet)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,19 @@ import httpx
 import psutil
 
 
-def _listener(port: int) -> str:
+def listener(port: int) -> str:
     """The command line of the process that listens on port."""
     for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
-            return " ".join(psutil.Process(conn.pid).cmdline())
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid is not None:
+            try:
+                return " ".join(psutil.Process(conn.pid).cmdline())
+            except psutil.Error:  # gone meanwhile: look on
+                continue
     return ""
 
 
 def test_the_gateway_replica_itself_serves_the_port_and_answers(direct):
-    assert "ServeReplica:slmserve:gateway" in _listener(urlparse(direct.url).port)  # not Ray's proxy actor
+    assert "ServeReplica:slmserve:gateway" in listener(urlparse(direct.url).port)  # not Ray's proxy actor
     body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 12}
     r = httpx.post(f"{direct.url}/v1/chat/completions", json={**body, "temperature": 0}, timeout=60)
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
