@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,16 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from slmserve.tools.launch import ServerFailed, wait_healthy
+from slmserve.tools.launch import ServerFailed, free_port, wait_healthy
 
 HOST_TITLE = "ServeReplica:slmserve:host-"
 
 
 class Cluster:
     def __init__(self, *args: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"slmserve-cluster-{port}.log"
         cli = [sys.executable, "-m", "slmserve.cli", "cluster", "--port", str(port), *args]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,13 +12,12 @@ import uvicorn
 
 from slmserve.server.app import create_app
 from slmserve.settings import Settings
+from slmserve.tools.launch import free_port
 
 
 class LiveServer:
     def __init__(self, settings: Settings) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.settings = settings
         self.app = create_app(settings)

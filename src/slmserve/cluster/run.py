@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 
 from slmserve.settings import Settings
+from slmserve.tools.launch import free_port
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,6 @@ def direct_ingress_env(port: int) -> dict[str, str]:
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
     }
-
-
-def _spare_port(host: str) -> int:
-    """A free port for Ray's own proxy, which still starts (HAProxy's fallback) but serves nobody here."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def run_cluster(settings: Settings, options, *, direct_ingress: bool = False) -> None:
@@ -75,7 +68,8 @@ def run_cluster(settings: Settings, options, *, direct_ingress: bool = False) ->
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        proxy_port = _spare_port(settings.host) if direct_ingress else settings.port
+        # Ray's own proxy still starts with direct ingress (HAProxy's fallback) but serves nobody here.
+        proxy_port = free_port(settings.host) if direct_ingress else settings.port
         serve.start(http_options={"host": settings.host, "port": proxy_port})
         serve.run(app, name="slmserve", route_prefix="/", blocking=False)
         print(f"slmserve cluster: serving on http://{settings.host}:{settings.port}", flush=True)
