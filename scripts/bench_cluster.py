@@ -1,11 +1,12 @@
 """The cost of the cluster's gateway hop: the single process against `slmserve cluster` on the same machine.
 
-Servers (in this order each round): the single process (`slmserve serve`, --n-threads 2), the cluster with 1
-model-host replica of 2 threads, and with 2 replicas of 1 thread, behind Ray's proxy (the default) and with
-`--direct-ingress`. Each gets `slmserve bench` (streaming chat,
-greedy, EOS banned, so every request yields exactly --max-tokens) at each concurrency; rounds alternate the
-servers so each one's figures sit minutes from its peers'. The summary takes the median over rounds and puts
-each cluster's tok/s and TTFT beside the single process's. Writes one JSON per server and round, and summary.json.
+Servers (in this order each round): the single process (`slmserve serve`, --n-threads 2), the cluster with 1 model-
+host replica of 2 threads, and with 2 replicas of 1 thread, with `--direct-ingress` (the default) and behind Ray's
+proxy (`--ray-proxy`), and 1 x 2 sending each token on its own (`--stream-interval 1`). Each gets `slmserve bench`
+(streaming chat, greedy, EOS banned, so every request yields exactly --max-tokens) at each concurrency; rounds
+alternate the servers so each one's figures sit minutes from its peers'. The summary takes the median over rounds
+and puts each cluster's tok/s and TTFT beside the single process's. Writes one JSON per server and round, and
+summary.json.
 
     python scripts/bench_cluster.py --out docs/bench/cluster [--rounds 2] [--concurrency 1,32]
 """
@@ -24,13 +25,21 @@ from bench_compare import bench_server  # noqa: E402
 
 from slmserve.tools.launch import free_port  # noqa: E402
 
+
+def cluster(mode: str, replicas: int, threads: int, *extra: str) -> list[str]:
+    return ["cluster", mode, "--replicas", str(replicas), "--threads", str(threads), *extra]
+
+
 SERVERS = {
     "single": ["serve", "--n-threads", "2"],
-    "cluster-1x2": ["cluster", "--replicas", "1", "--threads", "2"],
-    "cluster-2x1": ["cluster", "--replicas", "2", "--threads", "1"],
-    # Ray's throughput-optimized mode: the gateway serves the port itself, model hosts over gRPC.
-    "direct-1x2": ["cluster", "--direct-ingress", "--replicas", "1", "--threads", "2"],
-    "direct-2x1": ["cluster", "--direct-ingress", "--replicas", "2", "--threads", "1"],
+    # Ray's throughput-optimized mode (the default): the gateway serves the port itself, model hosts over gRPC.
+    "direct-1x2": cluster("--direct-ingress", 1, 2),
+    "direct-2x1": cluster("--direct-ingress", 2, 1),
+    # Every request through Ray's proxy actor.
+    "proxy-1x2": cluster("--ray-proxy", 1, 2),
+    "proxy-2x1": cluster("--ray-proxy", 2, 1),
+    # Each token its own message from host to gateway (the default gathers 4).
+    "direct-1x2-each-token": cluster("--direct-ingress", 1, 2, "--stream-interval", "1"),
 }
 
 

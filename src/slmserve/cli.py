@@ -198,14 +198,19 @@ def cluster(
     downscale_delay: Annotated[float, typer.Option(help="Autoscaling: seconds under target before removing.")] = 120,
     threads: Annotated[int, typer.Option(help="llama.cpp threads per replica.")] = 1,
     drain_seconds: Annotated[float, typer.Option(help="On stop, replicas finish requests for this long.")] = 30,
+    stream_interval: Annotated[
+        int,
+        typer.Option(help="Tokens a model host sends the gateway at once (1: every token; fewer messages: faster)."),
+    ] = 4,
     direct_ingress: Annotated[
         bool,
         typer.Option(
             "--direct-ingress/--ray-proxy",
-            help="Experimental: Ray's throughput-optimized mode (the gateway serves --port itself, hosts over gRPC):"
-            " faster; or every request through Ray's proxy actor (docs/PERFORMANCE.md).",
+            help="Ray Serve's throughput-optimized mode (the gateway serves --port itself, hosts over gRPC); or"
+            " every request through Ray's proxy actor: slower, the mode of Ray's own config files"
+            " (docs/PERFORMANCE.md).",
         ),
-    ] = False,
+    ] = True,
 ) -> None:
     """Serve on a local Ray Serve cluster: a gateway, N model-host replicas per model (extra slmserve\\[cluster])."""
     try:
@@ -226,6 +231,7 @@ def cluster(
             downscale_delay_s=downscale_delay,
             threads=threads,
             drain_seconds=drain_seconds,
+            stream_interval=stream_interval,
         )
     )
     _checked(settings.per_model)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psutil
 import pytest
@@ -42,6 +43,17 @@ class Cluster:
         except psutil.NoSuchProcess:
             return []
 
+    def listener(self) -> str:
+        """The command line of the process that listens on the cluster's port."""
+        port = urlparse(self.url).port
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid is not None:
+                try:
+                    return " ".join(psutil.Process(conn.pid).cmdline())
+                except psutil.Error:  # gone meanwhile: look on
+                    continue
+        return ""
+
     def hosts(self) -> list[psutil.Process]:
         """The live model-host replica processes."""
         out = []
@@ -66,7 +78,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     # 8 slots and 24 waiting places a replica: 2 replicas hold 64 requests, and Ray's queue 24 more; past
-    # that, 429. Small enough that the backpressure test can reach it.
+    # that, 429. Small enough that the backpressure test can reach it. Direct ingress, the default.
     live = Cluster("--replicas", "2", "--threads", "1", "--max-running", "8", "--max-waiting", "24")
     live.wait_healthy()
     yield live
@@ -74,9 +86,9 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def direct() -> Iterator[Cluster]:
-    """`--direct-ingress`, one replica: the gateway serves the port itself."""
-    live = Cluster("--direct-ingress", "--replicas", "1", "--threads", "1", "--max-running", "8")
+def proxy() -> Iterator[Cluster]:
+    """`--ray-proxy`, one replica: every request through Ray's proxy actor."""
+    live = Cluster("--ray-proxy", "--replicas", "1", "--threads", "1", "--max-running", "8")
     live.wait_healthy()
     yield live
     live.stop()

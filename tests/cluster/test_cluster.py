@@ -21,6 +21,11 @@ def chat(content: str, **kw) -> dict:
     return {"messages": [{"role": "user", "content": content}], "temperature": 0, **kw}
 
 
+def test_the_gateway_replica_itself_serves_the_port(cluster):
+    # Direct ingress (the default): no hop through Ray's proxy actor.
+    assert "ServeReplica:slmserve:gateway" in cluster.listener()
+
+
 def test_the_seeds_routes_answer_through_the_gateway_and_name_their_replica(cluster):
     url = cluster.url
     health = httpx.get(f"{url}/health").json()
@@ -48,15 +53,18 @@ def test_the_seeds_routes_answer_through_the_gateway_and_name_their_replica(clus
 
 
 def test_a_stream_comes_through_the_gateway_piece_by_piece(cluster):
-    body = chat("Count from one to ten.", max_tokens=24, stream=True)
+    body = chat("Count from one to ten.", max_tokens=24, ignore_eos=True, stream=True)
     with httpx.stream("POST", f"{cluster.url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200 and r.headers[REPLICA]
         data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert data[-1] == "[DONE]"
     chunks = [json.loads(d) for d in data[:-1]]
     pieces = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
-    assert len([p for p in pieces if p]) >= 10
-    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    # 24 tokens: the first alone, then 4 a message from the host (--stream-interval 4): 7 pieces.
+    assert 5 <= len([p for p in pieces if p]) <= 8, pieces
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    whole = httpx.post(f"{cluster.url}/v1/chat/completions", json={**body, "stream": False}, timeout=60)
+    assert "".join(p for p in pieces if p) == whole.json()["choices"][0]["message"]["content"]
 
 
 async def _burst(url: str, bodies: list[dict]) -> list[httpx.Response]:
@@ -128,7 +136,9 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(cluster):
     victim = hosts[0]
 
     async def stream(client: httpx.AsyncClient, i: int) -> tuple[int, str, str]:
+        # A system prompt of its own: no shared prefix pins the 8 to one replica, so both hold some.
         body = chat(f"Story number {i}.", max_tokens=200, ignore_eos=True, stream=True)
+        body["messages"].insert(0, {"role": "system", "content": f"You are storyteller number {i}."})
         async with client.stream("POST", f"{cluster.url}/v1/chat/completions", json=body) as r:
             data = [line async for line in r.aiter_lines() if line.startswith("data: ")]
             return r.status_code, data[-1], data[-2]
@@ -156,12 +166,17 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(cluster):
     while time.monotonic() < deadline and len([p for p in cluster.hosts() if p.pid != victim.pid]) < 2:
         time.sleep(1)
     assert len([p for p in cluster.hosts() if p.pid != victim.pid]) == 2
-    answers = asyncio.run(_burst(cluster.url, [chat(f"Q{i}: a colour?", max_tokens=4) for i in range(24)]))
-    assert [a.status_code for a in answers] == [200] * 24
-    assert len({a.headers[REPLICA] for a in answers}) == 2
+    # The replacement's process is up; it serves once it has loaded the model and the gateway's router has
+    # heard of it from Ray's controller (seconds). Until then bursts go to the survivor, and all are answered.
+    seen: set[str] = set()
+    while time.monotonic() < deadline and len(seen) < 2:
+        answers = asyncio.run(_burst(cluster.url, [chat(f"Q{i}: a colour?", max_tokens=4) for i in range(24)]))
+        assert [a.status_code for a in answers] == [200] * 24
+        seen = {a.headers[REPLICA] for a in answers}
+    assert len(seen) == 2, seen
 
 
-def test_sigterm_stops_the_whole_cluster_within_60_s(cluster):
+def test_sigterm_stops_the_whole_cluster_within_25_s(cluster):
     processes = cluster.processes()
     assert len(processes) >= 5  # the command, Ray's head processes, the controller, proxy, gateway, hosts
     start = time.monotonic()
@@ -170,4 +185,5 @@ def test_sigterm_stops_the_whole_cluster_within_60_s(cluster):
     gone, alive = psutil.wait_procs(processes, timeout=max(1.0, 60 - (time.monotonic() - start)))
     assert not alive, [p.pid for p in alive]
     assert cluster.proc.returncode == 0
-    assert time.monotonic() - start < 60
+    # Ray holds a stopping direct-ingress replica open 30 s by default for a load balancer; we set 1 s.
+    assert time.monotonic() - start < 25

