@@ -38,8 +38,8 @@ class ClusterOptions:
     # continuous-batching engine; past what the replicas hold, the gateway answers 429.
     max_ongoing_requests: int | None = None
     # Tokens a model host gathers into one message to the gateway (the first token always goes at once). Each
-    # message costs CPU in both processes: on 2 cores, 32 streams lost 21% of the single process's tokens/s
-    # sending every token, 6% sending 4 at a time (docs/PERFORMANCE.md). A user sees text in 4-token pieces.
+    # message costs CPU in both processes: on 2 cores, 32 streams got 0.62 of the single process's tokens/s
+    # sending each token, 0.85 sending 4 at a time (docs/PERFORMANCE.md). A user sees text in 4-token pieces.
     stream_interval: int = 4
 
     def __post_init__(self) -> None:
