@@ -8,7 +8,7 @@ alternate the servers so each one's figures sit minutes from its peers'. The sum
 and puts each cluster's tok/s and TTFT beside the single process's. Writes one JSON per server and round, and
 summary.json.
 
-    python scripts/bench_cluster.py --out docs/bench/cluster [--rounds 2] [--concurrency 1,32]
+    python scripts/bench_cluster.py --out docs/bench/cluster-interval [--rounds 2] [--concurrency 1,32]
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ outputs; cancelling the call (the client went away) aborts the request, so its s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -70,9 +71,11 @@ class ModelHost:
 
     async def generate(self, req: HostRequest) -> AsyncIterator[str | RequestOutput]:
         yield self.name
+        # Closed at once when Ray closes this generator (the caller went away), so the engine aborts the request.
         outputs = self.engine.generate(req.prompt_token_ids, req.params, req.request_id, req.adapter)
-        async for out in gathered(outputs, self.stream_interval):
-            yield out
+        async with contextlib.aclosing(outputs):
+            async for out in gathered(outputs, self.stream_interval):
+                yield out
 
     async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
         return await self.engine.embed(token_lists)
