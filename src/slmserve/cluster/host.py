@@ -49,7 +49,7 @@ async def gathered(outputs: AsyncIterator[RequestOutput], every: int) -> AsyncIt
 
 
 class ModelHost:
-    def __init__(self, settings: dict, stream_interval: int = 1) -> None:
+    def __init__(self, settings: dict, stream_interval: int) -> None:
         self.settings = Settings(**settings)
         self.stream_interval = stream_interval
         self.model = load_model(self.settings)

@@ -61,8 +61,9 @@ class Metrics:
                         self.ttft.observe(now - start)
                         self.prompt_tokens.inc(out.num_prompt_tokens)
                     else:  # an output may carry several tokens (a cluster's hosts send a few at once)
+                        gap = (now - last) / len(out.token_ids)
                         for _ in out.token_ids:
-                            self.itl.observe((now - last) / len(out.token_ids))
+                            self.itl.observe(gap)
                     first, last = False, now
                     self.generation_tokens.inc(len(out.token_ids))
                 if out.queue_time is not None:
