@@ -19,6 +19,7 @@ from rich.console import Console
 from slmserve.engine.async_engine import AsyncEngine
 from slmserve.engine.loader import LoadedModel, load_model
 from slmserve.engine.sampling import SamplingParams
+from slmserve.models.chat_template import chat_prompt_ids
 from slmserve.server.content_filter import REFUSAL, ContentFilter
 from slmserve.settings import Settings
 
@@ -73,7 +74,7 @@ class Conversation:
 async def _answer(
     model: LoadedModel, engine: AsyncEngine, messages: list[dict], params: SamplingParams, adapter: str | None
 ) -> str:
-    ids = model.tokenizer.encode(model.chat_template.render(messages), add_special=False)
+    ids = chat_prompt_ids(model.chat_template, model.tokenizer, messages)
     room = model.max_model_len - len(ids)
     if room < 1:
         raise ValueError(f"the conversation ({len(ids)} tokens) no longer fits the context ({model.max_model_len})")

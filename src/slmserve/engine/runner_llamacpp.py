@@ -13,6 +13,7 @@ from llama_cpp import _logger as llama_logger
 
 from slmserve.engine.engine import EMBED_SEQS, EMBED_TOKENS
 from slmserve.engine.scheduler import Batch, Copy
+from slmserve.models.special_text import Part, SpecialTextError, SpecialTexts
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,15 @@ class LlamaCppTokenizer:
         self.bos_token_id = C.llama_vocab_bos(self._vocab)
         self.eos_token_id = C.llama_vocab_eos(self._vocab)
         self.eog_token_ids = frozenset(t for t in range(self.vocab_size) if C.llama_vocab_is_eog(self._vocab, t))
+        self._specials = self._special_texts()
+        # BPE and SentencePiece tokenize each plain run on its own, as llama.cpp does between special tokens (a
+        # SentencePiece run after a special token gets its space prefix from the call, as there). Other types
+        # (WordPiece, Unigram, RWKV) go to llama.cpp whole.
+        self._runs = C.llama_vocab_type(self._vocab) in (C.LLAMA_VOCAB_TYPE_BPE, C.LLAMA_VOCAB_TYPE_SPM)
+        self._around = (
+            [self.bos_token_id] if C.llama_vocab_get_add_bos(self._vocab) else [],
+            [self.eos_token_id] if C.llama_vocab_get_add_eos(self._vocab) else [],
+        )
         # Each token's bytes, made on first use: all 49,152 up front cost 0.1 s of every start.
         self._pieces: list[bytes | None] = [None] * self.vocab_size
 
@@ -56,14 +66,57 @@ class LlamaCppTokenizer:
         """A token's text with special tokens spelled out (for chat templates and logprobs)."""
         return self._piece(token, special=True).decode("utf-8", errors="replace")
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
-        """Text -> token ids; special-token text such as <|im_start|> is parsed as the special token."""
+    def _special_texts(self) -> SpecialTexts:
+        """The tokens llama.cpp parses from text only when asked to (control and unknown), by their text."""
+        ids: dict[str, int] = {}
+        lstrip, rstrip = [], []
+        for token in range(self.vocab_size):
+            attr = C.llama_vocab_get_attr(self._vocab, token)
+            if not attr & (C.LLAMA_TOKEN_ATTR_CONTROL | C.LLAMA_TOKEN_ATTR_UNKNOWN):
+                continue
+            ids.setdefault(C.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace"), token)
+            if attr & C.LLAMA_TOKEN_ATTR_LSTRIP:
+                lstrip.append(token)
+            if attr & C.LLAMA_TOKEN_ATTR_RSTRIP:
+                rstrip.append(token)
+        return SpecialTexts(ids, lstrip, rstrip)
+
+    def holds_special(self, text: str) -> bool:
+        return self._specials.holds(text)
+
+    def encode(self, text: str, add_special: bool = True, special: bool = True) -> list[int]:
+        """Text -> token ids. With `special`, special-token text such as <|im_start|> is the special token (as
+        llama.cpp's parse_special, but linear in their count); without it, plain text."""
+        return self.encode_parts([(text, special)], add_special)
+
+    def encode_parts(self, parts: list[Part], add_special: bool = False) -> list[int]:
+        """The token ids of the parts' joined text, special-token text special only in the parts marked so. With
+        no such text in the other parts, the ids are llama.cpp's own for the joined text."""
+        if not self._runs:
+            text = "".join(t for t, _ in parts)
+            if all(special for _, special in parts):
+                return self._tokenize(text, add_special, parse_special=True)
+            if any(self.holds_special(t) for t, special in parts if not special):
+                raise SpecialTextError("special-token text in user text, which this vocabulary cannot keep plain")
+            return self._tokenize(text, add_special, parse_special=any(special for _, special in parts))
+        ids = list(self._around[0]) if add_special else []
+        runs: dict[str, list[int]] = {}  # a run repeated in one text is tokenized once
+        for piece in self._specials.split(parts):
+            if isinstance(piece, int):
+                ids.append(piece)
+            else:
+                if piece not in runs:
+                    runs[piece] = self._tokenize(piece, False, parse_special=False)
+                ids += runs[piece]
+        return ids + self._around[1] if add_special else ids
+
+    def _tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         buf = (C.llama_token * (len(data) + 2))()
-        n = C.llama_tokenize(self._vocab, data, len(data), buf, len(buf), add_special, True)
+        n = C.llama_tokenize(self._vocab, data, len(data), buf, len(buf), add_special, parse_special)
         if n < 0:
             buf = (C.llama_token * -n)()
-            n = C.llama_tokenize(self._vocab, data, len(data), buf, len(buf), add_special, True)
+            n = C.llama_tokenize(self._vocab, data, len(data), buf, len(buf), add_special, parse_special)
         return list(buf[:n])
 
     def token_bytes(self, token_id: int) -> bytes:

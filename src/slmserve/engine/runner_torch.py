@@ -20,6 +20,7 @@ from slmserve.engine.engine import EMBED_SEQS, EMBED_TOKENS
 from slmserve.engine.llama_forward import LlamaForward, linear
 from slmserve.engine.scheduler import Batch, Copy
 from slmserve.engine.slot_cache import ATTN_IMPLEMENTATION, SlotCache, StepLayout
+from slmserve.models.special_text import Part, SpecialTexts
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -48,6 +49,16 @@ class HFTokenizer:
         byte_level = decoder is not None and '"ByteLevel"' in decoder.__getstate__().decode()
         to_bytes = self._byte_level if byte_level else self._sentencepiece
         self._pieces = [b"" if i in special or p is None else to_bytes(p) for i, p in enumerate(pieces)]
+        added = tokenizer.added_tokens_decoder
+        self._specials = SpecialTexts(
+            {tok.content: i for i, tok in added.items() if tok.special},
+            lstrip=[i for i, tok in added.items() if tok.special and tok.lstrip],
+            rstrip=[i for i, tok in added.items() if tok.special and tok.rstrip],
+        )
+        # What add_special_tokens puts around a text: BOS before, anything else (EOS, SEP) after.
+        around = tokenizer("", add_special_tokens=True)["input_ids"]
+        lead = 1 if around[:1] == [self.bos_token_id] else 0
+        self._around = (around[:lead], around[lead:])
 
     @staticmethod
     def _sentencepiece(piece: str) -> bytes:
@@ -68,8 +79,19 @@ class HFTokenizer:
         """A token's text with special tokens spelled out."""
         return self.hf.decode([token]) if token < len(self.hf) else ""
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
-        return self.hf(text, add_special_tokens=add_special)["input_ids"]
+    def holds_special(self, text: str) -> bool:
+        return self._specials.holds(text)
+
+    def encode(self, text: str, add_special: bool = True, special: bool = True) -> list[int]:
+        """Text -> token ids; without `special`, special-token text such as <|im_start|> is plain text."""
+        return self.hf(text, add_special_tokens=add_special, split_special_tokens=not special)["input_ids"]
+
+    def encode_parts(self, parts: list[Part], add_special: bool = False) -> list[int]:
+        """The token ids of the parts' joined text, special-token text special only in the parts marked so."""
+        ids = list(self._around[0]) if add_special else []
+        for piece in self._specials.split(parts):
+            ids += [piece] if isinstance(piece, int) else self.encode(piece, add_special=False, special=False)
+        return ids + self._around[1] if add_special else ids
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._pieces[token_id]

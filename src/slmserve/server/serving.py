@@ -16,6 +16,8 @@ from slmserve.engine.engine import RequestOutput
 from slmserve.engine.loader import LoadedModel
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs
 from slmserve.engine.structured import GrammarError, grammar_from
+from slmserve.models.chat_template import chat_prompt_ids, text_of
+from slmserve.models.special_text import SpecialTextError
 from slmserve.server import auth, errors
 from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
@@ -71,15 +73,22 @@ class Serving:
         if self.content_filter.blocks(*texts):
             raise errors.blocked_content()
 
-    async def chat_prompt_ids(self, prompt: str, *user_texts: str | None) -> list[int]:
-        """A rendered chat prompt's token ids once the content filter has passed the user's texts; a long prompt
-        off the event loop. The template writes any BOS itself, as Hugging Face's apply_chat_template does."""
+    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None, add_special: bool = False) -> list[int]:
+        """A chat prompt's token ids, special-token text in the messages kept plain (400 where it cannot be)."""
+        try:
+            return chat_prompt_ids(self.model.chat_template, self.model.tokenizer, messages, tools, add_special)
+        except SpecialTextError as exc:
+            raise errors.APIError(400, str(exc), param="messages") from exc
+
+    async def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """chat_ids once the content filter has passed the messages; a long prompt off the event loop."""
+        texts = [text_of(m.get("content")) for m in messages]
 
         def work() -> list[int]:
-            self.check_content(*user_texts)
-            return self.model.tokenizer.encode(prompt, add_special=False)
+            self.check_content(*texts)
+            return self.chat_ids(messages, tools)
 
-        return await off_loop(len(prompt), work)
+        return await off_loop(sum(map(len, texts)), work)
 
     def check_model(self, name: str | None) -> str | None:
         """The LoRA adapter a request's `model` names, None for the base model; 404 for an unknown name."""

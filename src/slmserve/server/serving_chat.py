@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from slmserve.models.chat_template import text_of
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, usage
 from slmserve.server.streams import primed, sse_stream
@@ -18,8 +17,7 @@ async def create_chat_completion(
     name = adapter or serving.model.name
     tool_use = ToolUse.of(req)
     messages = render_history([m.model_dump(exclude_none=True) for m in req.messages])
-    prompt = chat_prompt(serving, messages, tool_use)
-    prompt_ids = await serving.chat_prompt_ids(prompt, *(text_of(m.get("content")) for m in messages))
+    prompt_ids = await serving.chat_prompt_ids(*chat_messages(serving, messages, tool_use))
     top = (req.top_logprobs or 0) if req.logprobs else None
     params = serving.sampling_params(req, len(prompt_ids), top, await serving.grammar(req.response_format, tool_use))
     if req.stream:
@@ -34,14 +32,16 @@ async def create_chat_completion(
     )
 
 
-def chat_prompt(serving: Serving, messages: list[dict], tool_use: ToolUse | None) -> str:
-    """The model's chat template over the messages (history already rendered), tools in it or in a system prompt."""
-    template = serving.model.chat_template
-    tools = None
-    if tool_use is not None:
-        messages = tool_use.prompt_messages(messages, template.takes_tools)
-        tools = [t.model_dump(exclude_none=True) for t in tool_use.tools] if template.takes_tools else None
-    return template.render(messages, tools)
+def chat_messages(
+    serving: Serving, messages: list[dict], tool_use: ToolUse | None
+) -> tuple[list[dict], list[dict] | None]:
+    """The messages (history already rendered) and tools for the chat template: tools go to the template where it
+    renders them, else into a system prompt."""
+    if tool_use is None:
+        return messages, None
+    takes_tools = serving.model.chat_template.takes_tools
+    messages = tool_use.prompt_messages(messages, takes_tools)
+    return messages, [t.model_dump(exclude_none=True) for t in tool_use.tools] if takes_tools else None
 
 
 def _choice(serving: Serving, c: Choice, tool_use: ToolUse | None, logprobs: bool) -> oa.ChatChoice:

@@ -23,8 +23,7 @@ async def chat_ids(serving: Serving, system_prompt: str, user_prompt: str) -> tu
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": user_prompt}
     ]
-    prompt = serving.model.chat_template.render(messages)
-    return prompt, await serving.chat_prompt_ids(prompt, system_prompt, user_prompt)
+    return serving.model.chat_template.render(messages), await serving.chat_prompt_ids(messages)
 
 
 async def answer(serving: Serving, req: sd.InferRequest) -> tuple[Choice, int]:

@@ -6,12 +6,13 @@ import base64
 
 import numpy as np
 
+from slmserve.models.chat_template import text_of
 from slmserve.server import auth, errors
 from slmserve.server.limits import off_loop
 from slmserve.server.protocol import embeddings as pe
 from slmserve.server.request_context import current_record
 from slmserve.server.serving import Serving
-from slmserve.server.serving_chat import chat_prompt
+from slmserve.server.serving_chat import chat_messages
 from slmserve.server.tools import ToolUse, render_history
 
 
@@ -78,6 +79,7 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 async def tokenize(serving: Serving, req: pe.TokenizeRequest) -> pe.TokenizeResponse:
     _base_model(serving, req.model)
+    tokenizer = serving.model.tokenizer
     if req.messages is not None:
         if not req.add_generation_prompt:
             raise errors.APIError(
@@ -86,14 +88,19 @@ async def tokenize(serving: Serving, req: pe.TokenizeRequest) -> pe.TokenizeResp
                 param="add_generation_prompt",
             )
         messages = render_history([m.model_dump(exclude_none=True) for m in req.messages])
-        tool_use = ToolUse(req.tools, "auto", True) if req.tools else None
-        text, add_special = chat_prompt(serving, messages, tool_use), bool(req.add_special_tokens)
+        messages, tools = chat_messages(serving, messages, ToolUse(req.tools, "auto", True) if req.tools else None)
+        size = sum(len(text_of(m.get("content"))) for m in messages)
+
+        def encode() -> list[int]:
+            return serving.chat_ids(messages, tools, add_special=bool(req.add_special_tokens))
     else:
-        text, add_special = req.prompt, req.add_special_tokens is not False
-    tokenizer = serving.model.tokenizer
+        prompt, size = req.prompt, len(req.prompt)
+
+        def encode() -> list[int]:
+            return tokenizer.encode(prompt, add_special=req.add_special_tokens is not False)
 
     def work() -> pe.TokenizeResponse:
-        tokens = tokenizer.encode(text, add_special=add_special)
+        tokens = encode()
         return pe.TokenizeResponse(
             count=len(tokens),
             max_model_len=serving.model.max_model_len,
@@ -101,7 +108,7 @@ async def tokenize(serving: Serving, req: pe.TokenizeRequest) -> pe.TokenizeResp
             token_strs=[tokenizer.token_text(t) for t in tokens] if req.return_token_strs else None,
         )
 
-    return await off_loop(len(text), work)
+    return await off_loop(size, work)
 
 
 async def detokenize(serving: Serving, req: pe.DetokenizeRequest) -> pe.DetokenizeResponse:
