@@ -243,7 +243,7 @@ SERVER_ONLY = frozenset(
     {
         "host", "port", "max_waiting", "retry_after", "max_length_limit", "default_max_length",
         "default_temperature", "log_format", "api_keys", "api_keys_file", "metrics_public", "rate_limit_rpm",
-        "rate_limit_tpm", "request_timeout", "drain_timeout", "max_body_bytes",
+        "rate_limit_tpm", "request_timeout", "drain_timeout", "max_body_bytes", "max_embed_tokens",
     }
 )  # fmt: skip
 terminal_options = functools.partial(_settings_options, skip=SERVER_ONLY)

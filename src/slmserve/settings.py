@@ -169,6 +169,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         2 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger is refused with 413."
     )
+    max_embed_tokens: int = Field(
+        16384,
+        ge=1,
+        description=(
+            "Most tokens one /v1/embeddings request may hold, summed over its inputs (400 past it); a 2-core CPU "
+            "embeds ~350 tokens a second."
+        ),
+    )
 
     def kv_cells(self, backend: Literal["llama.cpp", "torch"]) -> int:
         """--ctx-size, or the backend's default tokens a slot times --max-running."""

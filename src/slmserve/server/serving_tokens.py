@@ -53,6 +53,13 @@ async def create_embedding(serving: Serving, req: pe.EmbeddingRequest) -> pe.Emb
     if any(not tokens for tokens in token_lists):  # text that tokenizes to nothing, e.g. with no BOS token
         raise errors.APIError(400, "input holds text with no tokens", param="input")
     n_tokens = sum(len(t) for t in token_lists)
+    if n_tokens > (cap := serving.settings.max_embed_tokens):
+        raise errors.APIError(
+            400,
+            f"The inputs hold {n_tokens} tokens together; one request embeds at most {cap} (--max-embed-tokens).",
+            param="input",
+            code="context_length_exceeded",
+        )
     auth.reserve_tokens(n_tokens)  # tokens a minute: all of them are used, nothing comes back
     vectors = await serving.engine.embed(token_lists)
     if req.dimensions is not None and req.dimensions != vectors.shape[1]:
