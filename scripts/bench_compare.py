@@ -12,11 +12,14 @@ llama-server is built once from the llama.cpp inside the llama-cpp-python sdist 
 with the same slots, context and threads as slmserve (-np 32 -c 65536 -t 2 -tb 2 by default). For each server:
 process start to health 200, `slmserve bench` at each concurrency (streaming chat, greedy, EOS banned, so every
 request yields exactly --max-tokens), peak RSS. With --seed-shaped, slmserve also runs the seeds' shapes: a
-/chat/batched of 8 x 48 tokens against one /chat call, and 32 concurrent 16-token chats against one.
+/chat/batched of 8 x 48 tokens against one /chat call, and 32 concurrent 16-token chats against one. With
+--long-prompt WORDS, every server also times a prompt of that many words and 1 new token, one at a time (prefill).
 Alternating rounds put each server's figures beside its peer's from minutes, not an hour, apart; the summary
 takes the median over rounds. Writes one JSON per server and round, and summary.json, to --out.
 
     python scripts/bench_compare.py --out docs/bench/peer [--rounds 2] [--concurrency 1,8,32,64]
+    python scripts/bench_compare.py --out docs/bench/kv --concurrency 1,32 --long-prompt 1900 --no-seed-shaped \
+        --variant kv-f16="--kv-cache-type f16" --servers slmserve,kv-f16,llama-server-same
     python scripts/bench_compare.py --out docs/bench/ctx --concurrency 32 --no-seed-shaped \
         --variant ctx2048="--ctx-size 65536" --servers slmserve,ctx2048
 """
@@ -87,12 +90,14 @@ def bench_server(name: str, cmd: list[str], health: str, port: int, args, round_
         )  # fmt: skip
         results = asyncio.run(run_bench(config))
         seeds = asyncio.run(seed_shaped(url)) if args.seed_shaped and name.startswith("slmserve") else None
+        long_prompt = asyncio.run(long_prompt_ttft(url, args.long_prompt)) if args.long_prompt else None
         peak_rss = rss.stop()
         print_report(config, results)
         write_json(args.out / f"{name}.round{round_no}.json", config, results)
         return {
             "server": name, "round": round_no, "command": " ".join(cmd), "startup_to_health_s": round(startup, 3),
             "peak_rss_mib": round(peak_rss / 2**20, 1), "results": [r.__dict__ for r in results], "seed_shaped": seeds,
+            "long_prompt": long_prompt,
         }  # fmt: skip
     finally:
         proc.terminate()
@@ -127,6 +132,21 @@ async def seed_shaped(url: str) -> dict:
         "batched_tokens": batch_tokens, "one_chat_16_s": one16, "concurrent_32x16_s": many_s,
         "concurrent_ratio": many_s / one16, "concurrent_tokens": list(many_tokens),
     }  # fmt: skip
+
+
+async def long_prompt_ttft(url: str, words: int, tries: int = 3) -> dict:
+    """One user at a time, a prompt of `words` words (~1 token each) and 1 new token: the prefill's time. Each prompt
+    starts differently, so no server answers from its prompt cache. Median of `tries`."""
+    seconds, tokens = [], None
+    async with httpx.AsyncClient(timeout=600) as client:
+        for i in range(tries):
+            body = {"prompt": f"{i} {time.time_ns()}" + " word" * words, "max_tokens": 1, "temperature": 0}
+            start = time.perf_counter()
+            r = await client.post(f"{url}/v1/completions", json=body)
+            seconds.append(time.perf_counter() - start)
+            r.raise_for_status()
+            tokens = r.json()["usage"]["prompt_tokens"]
+    return {"prompt_tokens": tokens, "seconds": [round(x, 3) for x in seconds], "median_s": statistics.median(seconds)}
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -170,6 +190,11 @@ def print_summary(rows: list[dict], runs: list[dict]) -> None:
         r = next(x for x in rows if x["server"] == name)
         print(f"{name}: start to health 200 {r['startup_to_health_s']:.2f} s, peak RSS {r['peak_rss_mib']} MiB")
     for run in runs:
+        if lp := run.get("long_prompt"):
+            print(
+                f"{run['server']} round {run['round']}: a {lp['prompt_tokens']}-token prompt, 1 new token: "
+                f"{lp['median_s']:.2f} s ({lp['prompt_tokens'] / lp['median_s']:.0f} prompt tokens/s)"
+            )
         if run["seed_shaped"]:
             s = run["seed_shaped"]
             print(
@@ -188,6 +213,8 @@ def main() -> None:
     parser.add_argument("--servers", type=lambda s: s.split(","), default=["slmserve", "llama-server",
                         "llama-server-same"])  # fmt: skip
     parser.add_argument("--seed-shaped", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--long-prompt", type=int, default=0, metavar="WORDS",
+                        help="also time a prompt of this many words and 1 new token (the prefill)")  # fmt: skip
     parser.add_argument("--slmserve-args", default="", help="extra flags for every slmserve server")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                         help="a further slmserve server with these flags, to name in --servers")  # fmt: skip

@@ -111,7 +111,12 @@ class Settings(BaseSettings):
         ),
     )
     kv_cache_type: Literal["f16", "q8_0"] = Field(
-        "q8_0", description="KV cache precision; q8_0 halves its memory at no measured speed cost."
+        "q8_0",
+        description=(
+            "KV cache precision. q8_0 halves its memory (1.0 vs 1.7 GiB peak RSS at 32 x 2048 tokens) and starts "
+            "0.4 s sooner; f16 prefills a 1,900-token prompt 2.5x faster (llama.cpp's CPU attention is slower on "
+            "quantized KV), decodes as fast or faster."
+        ),
     )
     retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 429.")
     blocked_words: Words = Field(

@@ -98,13 +98,13 @@ def test_bad_embeddings_requests_are_4xx_in_openai_shape(server, body, param, st
 
 
 def test_inputs_past_the_request_token_cap_are_refused_before_any_embedding(server):
-    # 9 inputs of 2,000 tokens: each within the per-input bound, together past --max-embed-tokens (16,384).
-    r = embed(server, input=[" word" * 2000] * 9)
+    # 33 inputs of 500 tokens: each within the per-input bound (512 on torch), together past --max-embed-tokens.
+    r = embed(server, input=[" word" * 500] * 33)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == "input" and error["code"] == "context_length_exceeded"
-    assert "18000 tokens together" in error["message"] and "at most 16384 (--max-embed-tokens)" in error["message"]
-    assert vectors(embed(server, input=[" word" * 2000] * 2)).shape[0] == 2  # what fits is served
+    assert "16500 tokens together" in error["message"] and "at most 16384 (--max-embed-tokens)" in error["message"]
+    assert vectors(embed(server, input=[" word" * 500] * 2)).shape[0] == 2  # what fits is served
 
 
 def test_tokenize_counts_what_a_chat_completion_is_billed(server):
