@@ -94,21 +94,15 @@ class LlamaCppTokenizer:
         no such text in the other parts, the ids are llama.cpp's own for the joined text."""
         if not self._runs:
             text = "".join(t for t, _ in parts)
-            if all(special for _, special in parts):
-                return self._tokenize(text, add_special, parse_special=True)
-            if any(self.holds_special(t) for t, special in parts if not special):
+            # One llama.cpp call parses special tokens everywhere or nowhere: right for parts all of one kind,
+            # and for mixed parts only when the plain ones hold no special-token text.
+            marked = {special for _, special in parts}
+            if len(marked) == 2 and any(self.holds_special(t) for t, special in parts if not special):
                 raise SpecialTextError("special-token text in user text, which this vocabulary cannot keep plain")
-            return self._tokenize(text, add_special, parse_special=any(special for _, special in parts))
-        ids = list(self._around[0]) if add_special else []
-        runs: dict[str, list[int]] = {}  # a run repeated in one text is tokenized once
-        for piece in self._specials.split(parts):
-            if isinstance(piece, int):
-                ids.append(piece)
-            else:
-                if piece not in runs:
-                    runs[piece] = self._tokenize(piece, False, parse_special=False)
-                ids += runs[piece]
-        return ids + self._around[1] if add_special else ids
+            return self._tokenize(text, add_special, parse_special=True in marked)
+        return self._specials.encode(
+            parts, lambda run: self._tokenize(run, False, parse_special=False), self._around, add_special
+        )
 
     def _tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")

@@ -88,10 +88,9 @@ class HFTokenizer:
 
     def encode_parts(self, parts: list[Part], add_special: bool = False) -> list[int]:
         """The token ids of the parts' joined text, special-token text special only in the parts marked so."""
-        ids = list(self._around[0]) if add_special else []
-        for piece in self._specials.split(parts):
-            ids += [piece] if isinstance(piece, int) else self.encode(piece, add_special=False, special=False)
-        return ids + self._around[1] if add_special else ids
+        return self._specials.encode(
+            parts, lambda run: self.encode(run, add_special=False, special=False), self._around, add_special
+        )
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._pieces[token_id]

@@ -12,7 +12,7 @@ every match, so 32,000 `<|im_start|>` in one prompt took it 17 s.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 # (text, whether special-token text in it is the special token)
 Part = tuple[str, bool]
@@ -74,6 +74,26 @@ class SpecialTexts:
         if run:
             out.append("".join(run))
         return out
+
+    def encode(
+        self,
+        parts: Iterable[Part],
+        plain: Callable[[str], list[int]],
+        around: tuple[list[int], list[int]],
+        add_special: bool,
+    ) -> list[int]:
+        """Token ids of the split parts: each distinct plain run through `plain` once (a text may repeat one
+        thousands of times), special tokens as they are, and with add_special the tokenizer's own ids around."""
+        ids = list(around[0]) if add_special else []
+        runs: dict[str, list[int]] = {}
+        for piece in self.split(parts):
+            if isinstance(piece, int):
+                ids.append(piece)
+                continue
+            if piece not in runs:
+                runs[piece] = plain(piece)
+            ids += runs[piece]
+        return ids + around[1] if add_special else ids
 
 
 def _trie_pattern(words: Iterable[str]) -> str:

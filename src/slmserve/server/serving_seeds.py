@@ -18,18 +18,16 @@ from slmserve.server.streams import sse
 DEVICE = "cpu"
 
 
-async def chat_ids(serving: Serving, system_prompt: str, user_prompt: str) -> tuple[str, list[int]]:
-    """Prompt text and tokens for one user turn; no system prompt lets the template add its default."""
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": user_prompt}
-    ]
-    return serving.model.chat_template.render(messages), await serving.chat_prompt_ids(messages)
+def seed_messages(system_prompt: str, user_prompt: str) -> list[dict]:
+    """One user turn; no system prompt lets the template add its default."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": user_prompt}]
 
 
 async def answer(serving: Serving, req: sd.InferRequest) -> tuple[Choice, int]:
     """The assistant's answer to a /infer or /chat request, and the prompt's token count."""
     adapter = serving.check_model(req.model)
-    _, ids = await chat_ids(serving, req.system_prompt, req.user_prompt)
+    ids = await serving.chat_prompt_ids(seed_messages(req.system_prompt, req.user_prompt))
     params = serving.build_params(
         len(ids), req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed
     )
@@ -120,13 +118,14 @@ async def slm_generate(state: ModelState, req: sd.SlmGenerateRequest) -> dict:
     serving = state.serving
     if serving is None:
         raise state.not_ready()
-    prompt, ids = await chat_ids(serving, "", req.prompt)
+    messages = seed_messages("", req.prompt)
+    ids = await serving.chat_prompt_ids(messages)
     choice = (await serving.collect(ids, slm_params(serving, req, len(ids)), 1, state.slm_adapter))[0]
     return {
         "success": True,
         "prompt": req.prompt,
         "response": choice.text,
-        "full_response": prompt + choice.text,
+        "full_response": serving.model.chat_template.render(messages) + choice.text,
         "device": serving.model.device,
         "settings": slm_settings(req),
     }
@@ -142,7 +141,7 @@ async def slm_stream(state: ModelState, req: sd.SlmGenerateRequest) -> AsyncIter
         serving = state.serving
         if serving is None:
             raise state.not_ready()
-        _, ids = await chat_ids(serving, "", req.prompt)
+        ids = await serving.chat_prompt_ids(seed_messages("", req.prompt))
         params = slm_params(serving, req, len(ids))
         yield sse({"status": "Generating response..."})
         full = ""
