@@ -8,7 +8,8 @@ alternate the servers so each one's figures sit minutes from its peers'. The sum
 and puts each cluster's tok/s and TTFT beside the single process's. Writes one JSON per server and round, and
 summary.json.
 
-    python scripts/bench_cluster.py --out docs/bench/cluster-interval [--rounds 2] [--concurrency 1,32]
+    python scripts/bench_cluster.py --out docs/bench/cluster-interval [--rounds 2] [--concurrency 1,32] \
+        [--servers single,direct-1x2,NAME --variant NAME="cluster --replicas 1 --threads 2 --stream-interval 8"]
 """
 
 from __future__ import annotations
@@ -72,10 +73,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 32])
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--servers", type=lambda s: s.split(","), default=list(SERVERS), help=",".join(SERVERS))
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="a further server, `slmserve FLAGS`, to name in --servers")  # fmt: skip
     args = parser.parse_args()
+    for variant in args.variant:  # NAME=FLAGS, e.g. i8="cluster --replicas 1 --threads 2 --stream-interval 8"
+        name, _, flags = variant.partition("=")
+        SERVERS[name] = flags.split()
     if "single" not in args.servers or not set(args.servers) <= set(SERVERS):
         parser.error(f"--servers: some of {','.join(SERVERS)}, single among them")
-    args.seed_shaped = False  # bench_compare's own extra runs: not asked for here
+    args.seed_shaped, args.long_prompt = False, 0  # bench_compare's own extra runs: not asked for here
     args.out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "slmserve.cli"]
     runs = [
