@@ -33,15 +33,21 @@ class ScriptedRunner:
         self.script, self.uniform = script, uniform
         self.batches: list[Batch] = []
         self.kv_ops: list = []
-        self.embed_calls: list[list[list[int]]] = []
+        self.embed_calls: list[tuple[int | None, list[int]]] = []  # (start, each list's length) a call
 
-    embed_len, embed_seqs = 16, 3  # small bounds, so a few inputs take several calls
+    embed_len, embed_seqs, embed_chunk = 16, 3, 8  # small bounds, so a few inputs take several calls
+    held: list[int] = []  # the tokens of the long input whose pieces are under way, as llama.cpp's sequence 0
 
-    def embed(self, token_lists: list[list[int]]) -> np.ndarray:
-        """[N, 2]: each input's first token and length, so tests can see what came back where."""
-        assert len(token_lists) <= self.embed_seqs and sum(map(len, token_lists)) <= self.embed_len
-        self.embed_calls.append(token_lists)
-        return np.array([[t[0], len(t)] for t in token_lists], dtype=np.float32)
+    def embed(self, token_lists: list[list[int]], start: int | None = None) -> np.ndarray:
+        """[N, 2]: each list's length and sum of its tokens, so tests can see what came back where."""
+        assert len(token_lists) <= self.embed_seqs and sum(map(len, token_lists)) <= self.embed_chunk
+        self.embed_calls.append((start, [len(t) for t in token_lists]))
+        if start is not None:
+            # A piece continues the tokens held before it, of the same input (inputs here are [i] * n).
+            held = self.held[:start] if start else []
+            assert len(held) == start and len(token_lists) == 1 and set(held) <= set(token_lists[0])
+            self.held = held + token_lists[0]
+        return np.array([[len(t), sum(t)] for t in token_lists], dtype=np.float64)
 
     def run(self, batch: Batch) -> np.ndarray:
         self.kv_ops.extend(batch.kv_ops)

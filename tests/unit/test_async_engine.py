@@ -3,6 +3,7 @@
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 
 from slmserve.engine.async_engine import AdapterInUseError, AsyncEngine, EngineDeadError, EngineStepError
@@ -147,9 +148,28 @@ def test_embeddings_go_to_the_runner_in_calls_within_its_bounds_and_come_back_in
             engine.shutdown()
 
     out, calls = asyncio.run(main())
-    assert out.tolist() == [[i, n] for i, n in enumerate([5, 5, 5, 2, 1, 1, 1, 16, 3])]
-    # Packed greedily: at most 3 inputs and 16 tokens a call.
-    assert [[len(t) for t in call] for call in calls] == [[5, 5, 5], [2, 1, 1], [1], [16], [3]]
+    # Each vector is its input's mean hidden state ([1, i] here), normalized.
+    assert np.allclose(out, [np.array([1, i]) / np.hypot(1, i) for i in range(9)])
+    # Packed greedily, at most 3 inputs and 8 tokens a call; the 16-token input alone, in pieces of 8.
+    assert calls == [
+        (None, [5]), (None, [5]), (None, [5, 2, 1]), (None, [1, 1]), (0, [8]), (8, [8]), (None, [3])
+    ]  # fmt: skip
+
+
+def test_long_inputs_of_concurrent_embeddings_requests_go_in_pieces_one_input_at_a_time():
+    async def main():
+        runner = ScriptedRunner()
+        engine = AsyncEngine(make_engine(runner))
+        try:
+            requests = [[[i] * 16, [i] * 3, [i + 10] * 12] for i in range(1, 5)]
+            return await asyncio.gather(*(engine.embed(r) for r in requests)), runner.embed_calls
+        finally:
+            engine.shutdown()
+
+    outs, calls = asyncio.run(main())
+    for i, out in enumerate(outs, 1):  # the fake runner asserts each piece continues its own input's tokens
+        assert np.allclose(out, [np.array([1, t]) / np.hypot(1, t) for t in (i, i, i + 10)])
+    assert sum(start is not None for start, _ in calls) == 4 * (2 + 2)
 
 
 class SlowRunner(ScriptedRunner):

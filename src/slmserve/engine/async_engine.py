@@ -103,6 +103,7 @@ class AsyncEngine:
         self._pending: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="slmserve-engine", daemon=True)
         self._error: EngineDeadError | None = None
+        self._long_embed = asyncio.Lock()
         self._thread.start()
 
     @property
@@ -149,20 +150,35 @@ class AsyncEngine:
         return self.engine.runner.embed_len
 
     async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
-        """Embeddings [N, hidden] of the inputs, in calls of up to the runner's bounds run between two steps, so
-        a long list of inputs shares the engine thread with generation instead of stalling it."""
+        """Mean-pooled, L2-normalized final hidden states [N, hidden] of the inputs. They go to the runner in calls
+        within its bounds, run between two steps: short inputs packed together, a long one in pieces of a call
+        each, so no call holds the engine thread much longer than a step's prefill does."""
         runner = self.engine.runner
         if any(not 0 < len(tokens) <= runner.embed_len for tokens in token_lists):
             raise ValueError(f"each input must hold 1 to {runner.embed_len} tokens")
-        parts, group, size = [], [], 0
+        chunk = runner.embed_chunk
+        sums: list[np.ndarray] = []  # each input's sum of hidden states, in order
+        group: list[list[int]] = []
+
+        async def send_group() -> None:
+            if group:
+                sums.extend(await self.call(lambda g=list(group): runner.embed(g)))
+                group.clear()
+
         for tokens in token_lists:
-            if len(group) == runner.embed_seqs or size + len(tokens) > runner.embed_len:
-                parts.append(await self.call(lambda g=group: runner.embed(g)))
-                group, size = [], 0
+            if len(tokens) > chunk:
+                await send_group()
+                async with self._long_embed:  # the runner holds one long input's earlier pieces at a time
+                    cuts = [(tokens[s : s + chunk], s) for s in range(0, len(tokens), chunk)]
+                    pieces = [await self.call(lambda cut=cut: runner.embed([cut[0]], cut[1])) for cut in cuts]
+                sums.append(np.sum([piece[0] for piece in pieces], axis=0))
+                continue
+            if len(group) == runner.embed_seqs or sum(map(len, group)) + len(tokens) > chunk:
+                await send_group()
             group.append(tokens)
-            size += len(tokens)
-        parts.append(await self.call(lambda: runner.embed(group)))
-        return np.concatenate(parts)
+        await send_group()
+        means = np.stack(sums) / np.array([len(t) for t in token_lists], dtype=np.float64)[:, None]
+        return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     async def check_grammar(self, grammar: str) -> None:
         """Compile a grammar against this engine's vocabulary, off the event loop; GrammarError naming the problem."""

@@ -200,8 +200,8 @@ class LlamaCppRunner:
         self._init_batch(n_batch)
         self._n_threads = n_threads
         self.embed_len = min(EMBED_TOKENS, self.n_ctx_train)
-        self.embed_seqs = EMBED_SEQS
-        # Pooling needs each input whole in one micro-batch, which bounds an input's length.
+        self.embed_chunk = min(n_batch, self.embed_len)  # a call of embeddings costs the thread a step's prefill
+        self.embed_seqs = min(EMBED_SEQS, self.embed_chunk - 1)  # llama.cpp: sequences (ours + 1) <= batch
         self._embed_ctx = None  # made on the first embeddings request: most servers never get one
 
     def _init_batch(self, n: int) -> None:
@@ -262,40 +262,57 @@ class LlamaCppRunner:
         rows = int(self._logits[:n].sum())
         return np.ctypeslib.as_array(C.llama_get_logits(self.ctx), shape=(rows, self.tokenizer.vocab_size))
 
-    def embed(self, token_lists: list[list[int]]) -> np.ndarray:
-        """Mean-pooled, L2-normalized final hidden states [N, n_embd] of up to embed_seqs inputs holding at most
-        embed_len tokens together, in one llama_decode on a context of their own (the KV slots stay untouched)."""
+    def _embed_context(self) -> C.llama_context_p:
+        """The embeddings context, made on first use: each token's final hidden state out (pooling none), sequence
+        0 for the pieces of one long input, 1.. for short inputs."""
         if self._embed_ctx is None:
             params = C.llama_context_default_params()
-            params.n_ctx = params.n_batch = params.n_ubatch = self.embed_len
-            params.n_seq_max, params.kv_unified = self.embed_seqs, True
-            params.embeddings, params.pooling_type = True, C.LLAMA_POOLING_TYPE_MEAN
+            params.n_ctx = self.embed_len + self.embed_chunk
+            params.n_batch = params.n_ubatch = self.embed_chunk
+            params.n_seq_max, params.kv_unified = self.embed_seqs + 1, True
+            params.embeddings, params.pooling_type = True, C.LLAMA_POOLING_TYPE_NONE
             params.n_threads = params.n_threads_batch = self._n_threads
             params.no_perf = True
             self._embed_ctx = C.llama_init_from_model(self.model, params)
             if not self._embed_ctx:
                 raise RuntimeError("llama.cpp could not create an embeddings context")
+        return self._embed_ctx
+
+    def embed(self, token_lists: list[list[int]], start: int | None = None) -> np.ndarray:
+        """Sums of the final hidden states [N, n_embd] over each list's tokens, in one llama_decode on a context of
+        their own (the KV slots stay untouched). Whole inputs, or (start given) one piece of a long input whose
+        tokens before start the calls before held: the model's attention is causal, so the pieces' states are the
+        whole input's."""
+        ctx = self._embed_context()
         n = sum(len(tokens) for tokens in token_lists)
-        if len(token_lists) > self.embed_seqs or n > self.embed_len:
-            raise ValueError(f"at most {self.embed_seqs} inputs of {self.embed_len} tokens in all per call")
+        piece = start is not None
+        if len(token_lists) > self.embed_seqs or n > self.embed_chunk or piece and len(token_lists) != 1:
+            raise ValueError(f"at most {self.embed_seqs} inputs of {self.embed_chunk} tokens in all per call")
+        if piece and not 0 <= start <= self.embed_len - n:
+            raise ValueError(f"a piece must end within the first {self.embed_len} tokens of its input")
+        memory = C.llama_get_memory(ctx)
+        seqs = [0] if piece else list(range(1, len(token_lists) + 1))
+        if piece:
+            C.llama_memory_seq_rm(memory, 0, start, -1)  # a retried piece replaces what it held
         batch = C.llama_batch_init(n, 0, 1)
         try:
             i = 0
-            for seq, tokens in enumerate(token_lists):
-                for pos, token in enumerate(tokens):
+            for seq, tokens in zip(seqs, token_lists, strict=True):
+                for pos, token in enumerate(tokens, start or 0):
                     batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, True
                     batch.seq_id[i][0] = seq
                     i += 1
             batch.n_tokens = n
-            C.llama_memory_clear(C.llama_get_memory(self._embed_ctx), True)
-            if (rc := C.llama_decode(self._embed_ctx, batch)) != 0:
+            if (rc := C.llama_decode(ctx, batch)) != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc} on {len(token_lists)} embeddings inputs")
+            dim = C.llama_model_n_embd(self.model)
+            rows = np.ctypeslib.as_array(C.llama_get_embeddings(ctx), shape=(n, dim)).astype(np.float64)
         finally:
             C.llama_batch_free(batch)
-        dim = C.llama_model_n_embd(self.model)
-        rows = [C.llama_get_embeddings_seq(self._embed_ctx, seq) for seq in range(len(token_lists))]
-        out = np.stack([np.ctypeslib.as_array(row, shape=(dim,)) for row in rows]).astype(np.float32)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            if not piece:  # short inputs are done; a long one's pieces stay for the next
+                for seq in seqs:
+                    C.llama_memory_seq_rm(memory, seq, -1, -1)
+        return np.add.reduceat(rows, np.cumsum([0] + [len(tokens) for tokens in token_lists[:-1]]), axis=0)
 
     def trim(self, slot: int, keep: int) -> None:
         C.llama_memory_seq_rm(self._memory, slot, keep, -1)

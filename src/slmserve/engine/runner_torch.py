@@ -139,6 +139,7 @@ class TorchRunner:
         self.vocab_size = self._head.out_features
         self.embed_len = min(EMBED_TOKENS, slot_len)
         self.embed_seqs = EMBED_SEQS
+        self.embed_chunk = self.embed_len
         self.peft = None  # a PeftModel wrapping self.model, once an adapter is loaded
         self.adapters: dict[str, str] = {}  # name -> path
         self._step_adapters: list[str] | None = None  # per token, read by the LoRA layers' pre-hook
@@ -242,9 +243,12 @@ class TorchRunner:
         return logits.float().contiguous().cpu().numpy()
 
     @torch.inference_mode()
-    def embed(self, token_lists: list[list[int]]) -> np.ndarray:
-        """Mean-pooled, L2-normalized final hidden states [N, hidden] of the base model (no adapter), as
-        llama.cpp's mean pooling gives. A padded batch through transformers' own attention: no slot is used."""
+    def embed(self, token_lists: list[list[int]], start: int | None = None) -> np.ndarray:
+        """Sums of the final hidden states [N, hidden] of the base model (no adapter) over each input's tokens. A
+        padded batch through transformers' own attention, no slot used: whole inputs only (embed_chunk is
+        embed_len, so no input comes in pieces)."""
+        if start is not None:
+            raise ValueError("the torch engine embeds whole inputs only")
         if self.peft is not None:
             self._set_lora_mode([BASE])
         width = max(len(tokens) for tokens in token_lists)
@@ -261,8 +265,7 @@ class TorchRunner:
         finally:
             self.model.set_attn_implementation(ATTN_IMPLEMENTATION)
         weights = mask.to(hidden.device, hidden.dtype)[:, :, None]
-        pooled = (hidden * weights).sum(1) / weights.sum(1)
-        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return (hidden * weights).sum(1).double().cpu().numpy()
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
