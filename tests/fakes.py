@@ -34,9 +34,9 @@ class ScriptedRunner:
         self.batches: list[Batch] = []
         self.kv_ops: list = []
         self.embed_calls: list[tuple[int | None, list[int]]] = []  # (start, each list's length) a call
+        self.held: list[int] = []  # the tokens of the long input whose pieces are under way (llama.cpp's seq 0)
 
     embed_len, embed_seqs, embed_chunk = 16, 3, 8  # small bounds, so a few inputs take several calls
-    held: list[int] = []  # the tokens of the long input whose pieces are under way, as llama.cpp's sequence 0
 
     def embed(self, token_lists: list[list[int]], start: int | None = None) -> np.ndarray:
         """[N, 2]: each list's length and sum of its tokens, so tests can see what came back where."""
