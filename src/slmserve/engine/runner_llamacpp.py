@@ -293,7 +293,7 @@ class LlamaCppRunner:
         memory = C.llama_get_memory(ctx)
         seqs = [0] if piece else list(range(1, len(token_lists) + 1))
         if piece:
-            C.llama_memory_seq_rm(memory, 0, start, -1)  # a retried piece replaces what it held
+            C.llama_memory_seq_rm(memory, 0, start, -1)  # a first piece drops the last long input's cells
         batch = C.llama_batch_init(n, 0, 1)
         try:
             i = 0
