@@ -10,6 +10,7 @@ For each --weights layout (the original file first), on the llama.cpp engine in-
 Speed is measured by scripts/bench_compare.py, against llama-server, not here.
 
     python scripts/weights_fidelity.py [--layouts original,q4_0,q8_0,iq4_nl,f16] [--json FILE]
+    python scripts/weights_fidelity.py --layouts original,q4_0/q8_0,q4_0/q5_0,q4_0/iq4_nl,q4_0/q4_0 --json FILE
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import tempfile
 from pathlib import Path
 
 from slmserve.engine.loader import load_model
 from slmserve.engine.sampling import SamplingParams
+from slmserve.models import weights
+from slmserve.models.registry import resolve_model_path
 from slmserve.settings import Settings
 
 TOPICS = ["the sea", "a cat", "Paris", "rain", "computers", "music", "a forest", "the moon", "bread", "trains"]
@@ -73,8 +77,21 @@ def correct(answer: str, accepted: list[str]) -> bool:
     return any(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", answer, re.IGNORECASE) for word in accepted)
 
 
-def run_layout(layout: str, max_tokens: int, reference: list[list[int]] | None) -> dict:
-    model = load_model(Settings(weights=layout, max_running=32, ctx_size=32 * 512))
+def settings_for(layout: str, scratch: Path) -> tuple[Settings, str | None]:
+    """(what loads `layout`, its label or None for the engine's own). TARGET/HEAD, e.g. q4_0/q8_0: the bundled
+    file requantized to TARGET with its token embeddings / LM head in HEAD, made into scratch."""
+    common = {"max_running": 32, "ctx_size": 32 * 512}
+    if "/" not in layout:
+        return Settings(weights=layout, **common), None
+    target, head = layout.split("/")
+    out = scratch / f"{target}-head_{head}.gguf"
+    weights.requantize(resolve_model_path(Settings().model), out, target, head)
+    return Settings(model=str(out), weights="original", **common), f"{target}, head {head}"
+
+
+def run_layout(layout: str, max_tokens: int, reference: list[list[int]] | None, scratch: Path) -> dict:
+    settings, label = settings_for(layout, scratch)
+    model = load_model(settings)
     enc = lambda text: model.tokenizer.encode(  # noqa: E731
         model.chat_template.render([{"role": "user", "content": text}]), add_special=False
     )
@@ -90,7 +107,7 @@ def run_layout(layout: str, max_tokens: int, reference: list[list[int]] | None) 
     texts = [model.tokenizer.decode(answers[str(i)]) for i in range(len(QA))]
     out = {
         "layout": layout,
-        "weights": model.weights,
+        "weights": label or model.weights,
         "tokens": [tokens[str(i)] for i in range(len(PROMPTS))],
         "forced": hits / sum(len(t) for t in reference),
         "qa_score": sum(correct(t, ok) for t, (_, ok) in zip(texts, QA, strict=True)),
@@ -111,15 +128,20 @@ def agreement(ref: list[list[int]], got: list[list[int]]) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layouts", default="original,q4_0,q8_0,iq4_nl,f16")
+    parser.add_argument(
+        "--layouts",
+        default="original,q4_0,q8_0,iq4_nl,f16",
+        help="--weights values, or TARGET/HEAD (e.g. q4_0/q8_0): TARGET with the embeddings / LM head in HEAD",
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--json", type=Path, default=Path("docs/bench/weights_fidelity.json"))
     args = parser.parse_args()
     layouts = args.layouts.split(",")
     assert layouts[0] == "original", "the original file comes first: it is the reference"
-    results = [run_layout(layouts[0], args.max_tokens, None)]
-    ref = results[0]["tokens"]
-    results += [run_layout(layout, args.max_tokens, ref) for layout in layouts[1:]]
+    with tempfile.TemporaryDirectory() as scratch:
+        results = [run_layout(layouts[0], args.max_tokens, None, Path(scratch))]
+        ref = results[0]["tokens"]
+        results += [run_layout(layout, args.max_tokens, ref, Path(scratch)) for layout in layouts[1:]]
     print(f"\n{len(PROMPTS)} prompts x {args.max_tokens} greedy tokens; QA: {len(QA)} questions\n")
     print("| weights | agreement with the original | identical prompts | forced agreement | QA score |")
     print("|---|---:|---:|---:|---:|")

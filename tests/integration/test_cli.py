@@ -52,7 +52,7 @@ def test_models_names_the_file_and_the_layout_auto_runs(tmp_path):
     r = slmserve("models", "--cache-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in r.stdout
-    assert "weights: q4_1; auto runs q4_0 (79% of the weights (q4_1) miss AVX2's fast kernels)" in r.stdout
+    assert "weights: q4_1; auto runs q4_0, head q5_0 (79% of the weights (q4_1) miss AVX2's fast kernels)" in r.stdout
     assert f"made on first start into {tmp_path}/weights" in r.stdout
 
 

@@ -59,26 +59,29 @@ def running_now(server) -> int:
 
 def test_a_batch_of_8_is_decoded_together_and_costs_less_than_8_single_calls(server):
     q = {"system_prompt": "You are helpful.", "max_tokens": 32, "temperature": 0}
-    start = time.perf_counter()
-    post(server, "/chat", {"chat_id": "x", "user_prompt": "Name a fruit.", **q})
-    single = time.perf_counter() - start
-    queries = [{"chat_id": str(i), "user_prompt": f"Name fruit number {i}.", **q} for i in range(8)]
+    queries = [{"chat_id": str(i), "user_prompt": f"Tell a long story about fruit number {i}.", **q} for i in range(8)]
     with ThreadPoolExecutor(1) as pool:
         start = time.perf_counter()
         batched = pool.submit(post, server, "/chat/batched", {"queries": queries})
         most = 0
         while not batched.done():  # the engine's running count, scraped while the batch decodes
             most = max(most, running_now(server))
-            time.sleep(0.05)
+            time.sleep(0.1)
         r = batched.result()
         batch = time.perf_counter() - start
     assert all(x["status"] == 200 for x in r.json()["results"])
-    print(f"batch of 8: {batch:.2f} s; one call: {single:.2f} s; ratio to 8 in a row {batch / (8 * single):.2f}")
+    # The same 8 queries in a row, after the batch (their prompts are then cached, which favours the row): the
+    # answers ask for a long story (all 32 tokens), and the yardstick is these very calls, whatever their lengths.
+    start = time.perf_counter()
+    for query in queries:
+        post(server, "/chat", query)
+    in_a_row = time.perf_counter() - start
+    print(f"batch of 8: {batch:.2f} s; the same 8 in a row: {in_a_row:.2f} s; ratio {batch / in_a_row:.2f}")
     assert most == 8, f"at most {most} of the 8 queries were decoded at once"
-    # Measured ~0.53 of 8 calls in a row here (1.15 s vs 0.27 s a call), 0.78 on a busy CI machine. Issue #3 hoped
-    # for < 3x one call; decoding is compute-bound on 2 cores (a step of 8 sequences costs ~5x a step of one), so that
-    # is out of reach. One timed call is a noisy yardstick, so the bound here is only "cheaper than in a row".
-    assert batch < 8 * single, f"batch of 8 took {batch:.2f} s, one call {single:.2f} s"
+    # Measured ~0.53 of 8 calls in a row here, 0.78 on a busy CI machine. Issue #3 hoped for < 3x one call; decoding
+    # is compute-bound on 2 cores (a step of 8 sequences costs ~3x a step of one), so that is out of reach. The bound
+    # here is only "cheaper than in a row".
+    assert batch < in_a_row, f"batch of 8 took {batch:.2f} s, the same 8 in a row {in_a_row:.2f} s"
 
 
 def test_chat_completions_without_model_and_100_threads_overlap(server):

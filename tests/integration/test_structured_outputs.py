@@ -124,7 +124,10 @@ def test_json_object_regex_and_lark(client, model, server):
         assert r.choices[0].finish_reason == "stop"
         return r.choices[0].message.content
 
-    assert isinstance(json.loads(ask({"type": "json_object"})), dict)
+    # A prompt the 135M model answers in a short object on every layout measured (Q4_1, Q4_0 with either head);
+    # "describe a cat" runs it into a loop of keys until max_tokens on some.
+    city = ask({"type": "json_object"}, "Return a JSON object with a city and its country.")
+    assert isinstance(json.loads(city), dict)
     assert re.fullmatch(r"\d{3}-\d{4}", ask({"type": "regex", "regex": r"\d{3}-\d{4}"}, "A phone number?"))
     lark = 'start: "The answer is " ANSWER "."\nANSWER: "yes" | "no"'
     assert ask({"type": "lark", "lark": lark}, "Is the sky blue?") in ("The answer is yes.", "The answer is no.")

@@ -26,7 +26,7 @@ def test_auto_requantizes_the_bundled_file_once_then_reuses_it(tmp_path):
     assert first.path.parent == tmp_path / "weights" and first.path.is_file()
     types = weights.tensor_types(first.path)
     assert weights.main_type(types) == "q4_0" and "q4_1" not in types
-    assert types["q8_0"] == 28_311_552  # the tied embeddings / LM head stay on a fast kernel, not Q6_K
+    assert types["q5_0"] == 28_311_552  # the tied embeddings / LM head stay on a fast kernel, not Q6_K
     assert [p.name for p in (tmp_path / "weights").iterdir()] == [first.path.name]  # no temporary left behind
     made = first.path.stat().st_mtime_ns
     again = weights.plan(BUNDLED, "auto", tmp_path)
@@ -36,10 +36,11 @@ def test_auto_requantizes_the_bundled_file_once_then_reuses_it(tmp_path):
 def test_the_cache_key_follows_the_source_file(tmp_path):
     copy = tmp_path / "copy.gguf"
     shutil.copyfile(BUNDLED, copy)
-    key = weights.cache_path(copy, "q4_0", tmp_path)
+    key = weights.cache_path(copy, "q4_0", "q5_0", tmp_path)
     os.utime(copy, ns=(1, 1))  # same bytes, another modification time: treated as another file
-    assert weights.cache_path(copy, "q4_0", tmp_path) != key
-    assert weights.cache_path(copy, "q8_0", tmp_path) != weights.cache_path(copy, "q4_0", tmp_path)
+    assert weights.cache_path(copy, "q4_0", "q5_0", tmp_path) != key
+    assert weights.cache_path(copy, "q8_0", "q8_0", tmp_path) != weights.cache_path(copy, "q4_0", "q8_0", tmp_path)
+    assert weights.cache_path(copy, "q4_0", "q8_0", tmp_path) != weights.cache_path(copy, "q4_0", "q5_0", tmp_path)
 
 
 def test_explicit_layouts_and_original(tmp_path):
@@ -59,7 +60,7 @@ def test_a_cache_file_that_fails_to_load_is_made_again(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         model = load_model(small(tmp_path))
     try:
-        assert model.weights == "q4_0 (requantized from q4_1)"
+        assert model.weights == "q4_0, head q5_0 (requantized from q4_1)"
         assert cached.stat().st_size == size
         assert "failed to load" in caplog.text and "making it again" in caplog.text
     finally:
@@ -83,7 +84,7 @@ def test_an_unwritable_cache_runs_the_original_with_one_warning(tmp_path, caplog
 def test_the_running_layout_is_visible(server, path):
     body = httpx.get(f"{server.url}{path}").json()
     shown = body["data"][0]["weights"] if path == "/v1/models" else body["weights"]
-    assert shown == "q4_0 (requantized from q4_1)"
+    assert shown == "q4_0, head q5_0 (requantized from q4_1)"
 
 
 def test_score_gives_the_logits_greedy_decoding_chose(tmp_path):

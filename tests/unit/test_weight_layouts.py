@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from slmserve.models.weights import auto_target, cpu_family
+from slmserve.models.weights import auto_target, cpu_family, head_type
 
 X86 = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | LLAMAFILE = 1 | REPACK = 1 |"
 ARM = "CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | LLAMAFILE = 1 | REPACK = 1 |"
@@ -45,3 +45,18 @@ def test_auto_target(types, family, target):
 
 def test_auto_reason_names_the_share_and_type():
     assert auto_target(BUNDLED, "AVX2")[1] == "79% of the weights (q4_1) miss AVX2's fast kernels"
+
+
+@pytest.mark.parametrize(
+    ("target", "family", "head"),
+    [
+        ("q4_0", "AVX2", "q5_0"),  # fewer bytes than Q8_0 for the largest matrix, still on the fast kernels
+        ("q4_0", "NEON", "q8_0"),  # NEON's sgemm skips Q5_0
+        ("q4_0", None, "q8_0"),
+        ("iq4_nl", "AVX2", "q8_0"),  # the layout for closeness keeps the finer head
+        ("q8_0", "AVX2", "q8_0"),
+        ("f16", "AVX2", "f16"),
+    ],
+)
+def test_head_type(target, family, head):
+    assert head_type(target, family) == head

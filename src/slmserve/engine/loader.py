@@ -28,7 +28,7 @@ class LoadedModel:
     backend: str = "llama.cpp"  # or "torch"
     device: str = "cpu"
     adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> path (torch); the runner's own dict
-    weights: str | None = None  # the weight layout as run, e.g. "q4_0 (requantized from q4_1)"; None: torch
+    weights: str | None = None  # the weight layout as run, e.g. "q4_0, head q5_0 (requantized from q4_1)"; None: torch
 
     @property
     def source(self) -> str:

@@ -3,7 +3,7 @@
 llama.cpp's fast batched kernels (llamafile's sgemm and the CPU repack) take only some tensor types: on AVX2,
 F32, F16, Q8_0, Q4_0, Q5_0, IQ4_NL and Q4_K. A file in another type (the bundled SmolLM2 is Q4_1) runs every
 matrix product one row at a time. `auto` looks at the file's 2-D tensors and the CPU's features and, where the
-weights miss the fast kernels, requantizes the file once (0.6 s for SmolLM2-135M) into the cache directory.
+weights miss the fast kernels, requantizes the file once (~0.5 s for SmolLM2-135M) into the cache directory.
 Measurements behind the choice of target are in docs/PERFORMANCE.md ("Weight layout").
 """
 
@@ -33,12 +33,24 @@ _BITS = {
     "f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_K": 6.56, "q5_1": 6, "q5_0": 5.5, "q5_K": 5.5,
     "q4_1": 5, "q4_0": 4.5, "q4_K": 4.5, "iq4_nl": 4.5, "iq4_xs": 4.25, "q3_K": 3.44, "q2_K": 2.63,
 }  # fmt: skip
-# Target -> (its LLAMA_FTYPE_MOSTLY_*, the GGML_TYPE_* of the token embeddings). SmolLM2 ties its output to the token
-# embeddings; left to llama.cpp, that tensor becomes Q6_K, which the fast kernels skip, and the LM head (a
-# quarter of the weights) would again run one row at a time.
-_TARGETS = {"q4_0": ("Q4_0", "Q8_0"), "q8_0": ("Q8_0", "Q8_0"), "iq4_nl": ("IQ4_NL", "Q8_0"), "f16": ("F16", "F16")}
+# Target -> its LLAMA_FTYPE_MOSTLY_*.
+_TARGETS = {"q4_0": "Q4_0", "q8_0": "Q8_0", "iq4_nl": "IQ4_NL", "f16": "F16"}
 # Bumped when the way a target is made changes, so old cache files are not reused.
 _RECIPE = 1
+
+
+def head_type(target: str, family: str | None) -> str:
+    """The type the target gives the token embeddings and the output (LM head), which SmolLM2 ties together.
+
+    Left to llama.cpp, that tensor becomes Q6_K, which the fast kernels skip, and the LM head (a fifth of the
+    weights, the largest matrix) would again run one row at a time. q4_0 takes Q5_0 where the CPU's fast kernels
+    do: 11 MB fewer to read a token than Q8_0, 1.06-1.09x the throughput at 8 and 32 users, the same QA score
+    (docs/PERFORMANCE.md, "Weight layout"); a Q4_0 head scored under the original. iq4_nl, the layout for
+    closeness to the original, keeps Q8_0 (with Q5_0 it measured further from the original).
+    """
+    if target in ("q8_0", "f16"):
+        return target
+    return "q5_0" if target == "q4_0" and family is not None and "q5_0" in _FAST[family] else "q8_0"
 
 
 class WeightsError(RuntimeError):
@@ -54,12 +66,14 @@ class WeightsPlan:
     source_type: str  # the original file's main type, e.g. "q4_1"
     requantized: bool
     reason: str
+    head: str | None = None  # a requantized copy's token embeddings / LM head type, e.g. "q5_0"
 
     @property
     def description(self) -> str:
-        if self.requantized:
-            return f"{self.layout} (requantized from {self.source_type})"
-        return self.source_type
+        if not self.requantized:
+            return self.source_type
+        head = f", head {self.head}" if self.head and self.head != self.layout else ""
+        return f"{self.layout}{head} (requantized from {self.source_type})"
 
 
 def main_type(types: Counter[str]) -> str:
@@ -117,12 +131,14 @@ def file_key(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_path(path: Path, target: str, cache_dir: Path) -> Path:
-    """Where the `target` copy of `path` lives: keyed by the file, the target, the recipe and llama.cpp."""
+def cache_path(path: Path, target: str, head: str, cache_dir: Path) -> Path:
+    """Where the `target` copy of `path` lives: keyed by the file, the target and its head's type, the recipe and
+    llama.cpp."""
     import llama_cpp
 
     version = f"{llama_cpp.__version__}-r{_RECIPE}"
-    return cache_dir / "weights" / f"{path.name.removesuffix('.gguf')}-{file_key(path)}-{target}-{version}.gguf"
+    name = f"{path.name.removesuffix('.gguf')}-{file_key(path)}-{target}-head_{head}-{version}.gguf"
+    return cache_dir / "weights" / name
 
 
 def plan(path: Path, wanted: str, cache_dir: Path) -> WeightsPlan:
@@ -139,22 +155,24 @@ def plan(path: Path, wanted: str, cache_dir: Path) -> WeightsPlan:
     keep = WeightsPlan(path, source_type, source_type, False, "--weights original")
     if wanted == "original":
         return keep
+    family = cpu_family(_system_info())
     if wanted == "auto":
-        target, reason = auto_target(types, cpu_family(_system_info()))
+        target, reason = auto_target(types, family)
         if target is None:
             return replace(keep, reason=reason)
     else:
         target, reason = wanted, f"--weights {wanted}"
         if source_type == target:
             return replace(keep, reason=f"{reason}: the file is already {source_type}")
+    head = head_type(target, family)
     try:
-        out = cache_path(path, target, cache_dir.expanduser())
+        out = cache_path(path, target, head, cache_dir.expanduser())
         if not out.is_file():
-            requantize(path, out, target)
+            requantize(path, out, target, head)
     except (OSError, WeightsError) as exc:
         log.warning("running %s's original %s weights, slower: %s", path.name, source_type, exc)
         return replace(keep, reason=f"{reason}, but requantizing failed: {exc}")
-    return WeightsPlan(out, target, source_type, True, reason)
+    return WeightsPlan(out, target, source_type, True, reason, head)
 
 
 def discard(weights: WeightsPlan) -> None:
@@ -163,11 +181,13 @@ def discard(weights: WeightsPlan) -> None:
         weights.path.unlink(missing_ok=True)
 
 
-def requantize(src: Path, out: Path, target: str) -> None:
-    """Write src requantized to target at out, through a temporary file renamed into place."""
+def requantize(src: Path, out: Path, target: str, head: str | None = None) -> None:
+    """Write src requantized to target at out, through a temporary file renamed into place. `head`: the type of
+    the token embeddings and output, head_type()'s for this CPU unless given."""
     import llama_cpp as C
 
-    ftype, embedding_type = _TARGETS[target]
+    ftype = _TARGETS[target]
+    head = head or head_type(target, cpu_family(_system_info()))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".gguf")
     os.close(fd)
@@ -175,9 +195,9 @@ def requantize(src: Path, out: Path, target: str) -> None:
         params = C.llama_model_quantize_default_params()
         params.ftype = getattr(C, f"LLAMA_FTYPE_MOSTLY_{ftype}")
         params.allow_requantize = True
-        params.token_embedding_type = params.output_tensor_type = getattr(C, f"GGML_TYPE_{embedding_type}")
+        params.token_embedding_type = params.output_tensor_type = getattr(C, f"GGML_TYPE_{head.upper()}")
         params.nthread = os.cpu_count() or 1
-        log.info("requantizing %s to %s (once; cached in %s)", src.name, target, out.parent)
+        log.info("requantizing %s to %s, head %s (once; cached in %s)", src.name, target, head, out.parent)
         if C.llama_model_quantize(str(src).encode(), tmp.encode(), params) != 0:
             raise WeightsError(f"llama.cpp could not requantize {src.name} to {target}")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is read by whoever serves the model
@@ -221,9 +241,11 @@ def _system_info() -> str:
 def describe(path: Path, cache_dir: Path) -> str:
     """One line for `slmserve models`: the file's layout and what auto runs here, without requantizing."""
     types = tensor_types(path)
-    target, reason = auto_target(types, cpu_family(_system_info()))
+    family = cpu_family(_system_info())
+    target, reason = auto_target(types, family)
     if target is None:
         return f"{main_type(types)}; auto runs it as it is ({reason})"
-    cached = cache_path(path, target, cache_dir.expanduser())
+    head = head_type(target, family)
+    cached = cache_path(path, target, head, cache_dir.expanduser())
     where = f"cached at {cached}" if cached.is_file() else f"made on first start into {cached.parent}"
-    return f"{main_type(types)}; auto runs {target} ({reason}), {where}"
+    return f"{main_type(types)}; auto runs {target}, head {head} ({reason}), {where}"

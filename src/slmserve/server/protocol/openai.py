@@ -245,7 +245,7 @@ class ModelCard(BaseModel):
     owned_by: str = "slmserve"
     parent: str | None = None  # for a LoRA adapter: the base model it runs on (as vLLM reports it)
     max_model_len: int | None = None
-    weights: str | None = None  # the weight layout as run (llama.cpp engine), e.g. "q4_0 (requantized from q4_1)"
+    weights: str | None = None  # the layout as run (llama.cpp), e.g. "q4_0, head q5_0 (requantized from q4_1)"
 
 
 class ModelList(BaseModel):
