@@ -6,7 +6,9 @@ For each --weights layout (the original file first), on the llama.cpp engine in-
 - forced: the same 60 prompts, each layout fed the original's own greedy text; the share of positions where the
   layout's most likely next token is the original's. Free-running text parts at the first near-tie and never
   meets again; this counts each position on its own;
-- QA: 30 short questions of our own, greedy, 24 tokens; an answer counts when it holds an accepted word.
+- QA: 30 short questions of our own, greedy, 24 tokens; an answer counts when it holds an accepted word;
+- JSON: 12 requests for a JSON object under the json_object grammar, greedy, 120 tokens; counts the objects that
+  close within them.
 Speed is measured by scripts/bench_compare.py, against llama-server, not here.
 
     python scripts/weights_fidelity.py [--layouts original,q4_0,q8_0,iq4_nl,f16] [--json FILE]
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from slmserve.engine.loader import load_model
 from slmserve.engine.sampling import SamplingParams
+from slmserve.engine.structured import grammar_from
 from slmserve.models import weights
 from slmserve.models.registry import resolve_model_path
 from slmserve.settings import Settings
@@ -73,6 +76,33 @@ QA = [
 ]
 
 
+# JSON: asked for an object under response_format json_object (the grammar holds the syntax), greedy, 120 tokens;
+# counts when the object closes before the limit. A small model that loops ("species": ..., "species": ...) never
+# closes it: that, not the syntax, is what the layout can change.
+JSON_ASKS = [
+    "Describe a cat as a JSON object with name and age.",
+    "Give a JSON object describing a dog.",
+    "Return a JSON object with a city and its country.",
+    "Describe a book as JSON with title and author.",
+    "Give a JSON object for a person with a name and an email.",
+    "Return a JSON object with the keys color and size for a red ball.",
+    "Describe a car as JSON with make, model and year.",
+    "Give a JSON object with a product name and its price.",
+    "Return a JSON object describing today's weather.",
+    "Describe a movie as a JSON object with title and year.",
+    "Give a JSON object for a recipe with a name and a list of ingredients.",
+    "Return a JSON object with a planet's name and its number of moons.",
+]
+JSON_TOKENS = 120
+
+
+def closed_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
 def correct(answer: str, accepted: list[str]) -> bool:
     return any(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", answer, re.IGNORECASE) for word in accepted)
 
@@ -100,6 +130,9 @@ def run_layout(layout: str, max_tokens: int, reference: list[list[int]] | None, 
     tokens = model.engine.generate({str(i): ids for i, ids in enumerate(prompts)}, greedy)
     qa_params = SamplingParams(max_tokens=24, temperature=0)
     answers = model.engine.generate({str(i): enc(q) for i, (q, _) in enumerate(QA)}, qa_params)
+    json_params = SamplingParams(max_tokens=JSON_TOKENS, temperature=0, grammar=grammar_from("json_object"))
+    objects = model.engine.generate({str(i): enc(ask) for i, ask in enumerate(JSON_ASKS)}, json_params)
+    json_texts = [model.tokenizer.decode(objects[str(i)]) for i in range(len(JSON_ASKS))]
     reference = reference or [tokens[str(i)] for i in range(len(PROMPTS))]
     hits = 0  # scored last: score() clears the KV cache behind the engine's back (its slots' cached prefixes)
     for ids, want in zip(prompts, reference, strict=True):
@@ -112,6 +145,8 @@ def run_layout(layout: str, max_tokens: int, reference: list[list[int]] | None, 
         "forced": hits / sum(len(t) for t in reference),
         "qa_score": sum(correct(t, ok) for t, (_, ok) in zip(texts, QA, strict=True)),
         "qa_answers": texts,
+        "json_score": sum(closed_object(t) for t in json_texts),
+        "json_answers": json_texts,
     }
     model.close()
     return out
@@ -143,15 +178,18 @@ def main() -> None:
         ref = results[0]["tokens"]
         results += [run_layout(layout, args.max_tokens, ref, Path(scratch)) for layout in layouts[1:]]
     print(f"\n{len(PROMPTS)} prompts x {args.max_tokens} greedy tokens; QA: {len(QA)} questions\n")
-    print("| weights | agreement with the original | identical prompts | forced agreement | QA score |")
-    print("|---|---:|---:|---:|---:|")
+    print("| weights | agreement with the original | identical prompts | forced agreement | QA score | JSON closed |")
+    print("|---|---:|---:|---:|---:|---:|")
     rows = []
     for r in results:
         share, same = agreement(ref, r["tokens"])
         rows.append({**{k: v for k, v in r.items() if k != "tokens"}, "agreement": share, "identical": same})
         forced, qa = r["forced"], r["qa_score"]
-        print(f"| {r['weights']} | {share:.3f} | {same}/{len(PROMPTS)} | {forced:.3f} | {qa}/{len(QA)} |")
-    doc = {"prompts": len(PROMPTS), "max_tokens": args.max_tokens, "qa_questions": [q for q, _ in QA], "rows": rows}
+        closed = f"{r['json_score']}/{len(JSON_ASKS)}"
+        print(f"| {r['weights']} | {share:.3f} | {same}/{len(PROMPTS)} | {forced:.3f} | {qa}/{len(QA)} | {closed} |")
+    questions = [q for q, _ in QA]
+    doc = {"prompts": len(PROMPTS), "max_tokens": args.max_tokens, "qa_questions": questions, "json_asks": JSON_ASKS}
+    doc["rows"] = rows
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
 
