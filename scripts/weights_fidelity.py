@@ -7,7 +7,7 @@ For each --weights layout (the original file first), on the llama.cpp engine in-
   layout's most likely next token is the original's. Free-running text parts at the first near-tie and never
   meets again; this counts each position on its own;
 - QA: 30 short questions of our own, greedy, 24 tokens; an answer counts when it holds an accepted word;
-- JSON: 12 requests for a JSON object under the json_object grammar, greedy, 120 tokens; counts the objects that
+- JSON: 48 requests for a JSON object under the json_object grammar, greedy, 120 tokens; counts the objects that
   close within them.
 Speed is measured by scripts/bench_compare.py, against llama-server, not here.
 
@@ -92,6 +92,42 @@ JSON_ASKS = [
     "Describe a movie as a JSON object with title and year.",
     "Give a JSON object for a recipe with a name and a list of ingredients.",
     "Return a JSON object with a planet's name and its number of moons.",
+    "Give a JSON object describing a laptop with brand and memory.",
+    "Return a JSON object for a song with title and artist.",
+    "Describe a house as a JSON object with rooms and color.",
+    "Give a JSON object with a country and its capital.",
+    "Return a JSON object describing a bird with name and wingspan.",
+    "Describe a student as JSON with name, grade and school.",
+    "Give a JSON object for an order with an id and a total.",
+    "Return a JSON object with a fruit and its color.",
+    "Describe a tree as a JSON object with species and height.",
+    "Give a JSON object describing a phone with model and price.",
+    "Return a JSON object for a user with a username and an age.",
+    "Describe a restaurant as JSON with name and cuisine.",
+    "Give a JSON object with a language and the year it was created.",
+    "Return a JSON object describing a river with name and length.",
+    "Describe a bicycle as a JSON object with color and gears.",
+    "Give a JSON object for an event with a name and a date.",
+    "Return a JSON object with a month and its number of days.",
+    "Describe a teacher as JSON with name and subject.",
+    "Give a JSON object describing a mountain with name and height.",
+    "Return a JSON object for a flight with a number and a destination.",
+    "Describe a game as a JSON object with title and players.",
+    "Give a JSON object with an animal and its sound.",
+    "Return a JSON object describing a shirt with size and color.",
+    "Describe a company as JSON with name and founding year.",
+    "Give a JSON object for a hotel with a name and a star rating.",
+    "Return a JSON object with a number and its square.",
+    "Describe a flower as a JSON object with name and color.",
+    "Give a JSON object describing a train with a line and a speed.",
+    "Return a JSON object for a contact with a name and a phone number.",
+    "Describe a painting as JSON with title and painter.",
+    "Give a JSON object with a sport and the number of players on a team.",
+    "Return a JSON object describing a lake with name and depth.",
+    "Describe a camera as a JSON object with brand and megapixels.",
+    "Give a JSON object for a task with a title and a done flag.",
+    "Return a JSON object with an element's name and its symbol.",
+    "Describe a cake as JSON with flavor and number of layers.",
 ]
 JSON_TOKENS = 120
 
