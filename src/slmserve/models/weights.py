@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ _BITS = {
     "q4_1": 5, "q4_0": 4.5, "q4_K": 4.5, "iq4_nl": 4.5, "iq4_xs": 4.25, "q3_K": 3.44, "q2_K": 2.63,
 }  # fmt: skip
 # Target -> its LLAMA_FTYPE_MOSTLY_*.
-_TARGETS = {"q4_0": "Q4_0", "q8_0": "Q8_0", "iq4_nl": "IQ4_NL", "f16": "F16"}
+_TARGETS = {"q4_0": "Q4_0", "q5_0": "Q5_0", "q8_0": "Q8_0", "iq4_nl": "IQ4_NL", "f16": "F16"}  # q5_0: scripts only
 # Bumped when the way a target is made changes, so old cache files are not reused.
 _RECIPE = 1
 
@@ -116,6 +117,9 @@ def auto_target(types: Counter[str], family: str | None) -> tuple[str | None, st
     if not slow:
         return None, f"{main} runs on {family}'s fast kernels"
     share = slow / sum(types.values())
+    # Q4_0, not IQ4_NL, though IQ4_NL keeps the original's JSON (Q4_0 closed 17 of 48 objects, the original 37,
+    # IQ4_NL 36): on AVX2 IQ4_NL's batched and one-row kernels round differently, so a greedy answer changed with
+    # the requests beside it (1 of 8 the same, Q4_0 8 of 8), and it takes 15 s to make (docs/PERFORMANCE.md).
     target = "q4_0" if _BITS.get(main, 16) < 5.5 else "q8_0"
     return target, f"{share:.0%} of the weights ({main}) miss {family}'s fast kernels"
 
@@ -198,8 +202,10 @@ def requantize(src: Path, out: Path, target: str, head: str | None = None) -> No
         params.token_embedding_type = params.output_tensor_type = getattr(C, f"GGML_TYPE_{head.upper()}")
         params.nthread = os.cpu_count() or 1
         log.info("requantizing %s to %s, head %s (once; cached in %s)", src.name, target, head, out.parent)
+        start = time.perf_counter()
         if C.llama_model_quantize(str(src).encode(), tmp.encode(), params) != 0:
             raise WeightsError(f"llama.cpp could not requantize {src.name} to {target}")
+        log.info("requantized %s to %s in %.1f s", src.name, target, time.perf_counter() - start)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is read by whoever serves the model
         os.replace(tmp, out)
     finally:
