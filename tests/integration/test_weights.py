@@ -43,6 +43,27 @@ def test_the_cache_key_follows_the_source_file(tmp_path):
     assert weights.cache_path(copy, "q4_0", "q8_0", tmp_path) != weights.cache_path(copy, "q4_0", "q5_0", tmp_path)
 
 
+def test_a_changed_source_file_leaves_no_stale_copy_behind(tmp_path):
+    """A reinstalled or rewritten file has another key; its old copies go when the new one is made, while copies
+    of the same bytes at another path, and temporary files of builds still in progress, stay."""
+    source, elsewhere = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for path in (source, elsewhere):
+        path.parent.mkdir()
+        shutil.copyfile(BUNDLED, path)
+    cache = tmp_path / "cache"
+    old = weights.plan(source, "q4_0", cache).path
+    other_path = weights.plan(elsewhere, "q4_0", cache).path
+    killed, running = cache / "weights" / ".tmp-killed.gguf", cache / "weights" / ".tmp-running.gguf"
+    killed.write_bytes(b"half a file")
+    running.write_bytes(b"a build in another process")
+    os.utime(killed, (1, 1))
+    os.utime(source, ns=(2, 2))  # as a reinstall does: the same path, another identity
+    new = weights.plan(source, "q4_0", cache).path
+    assert new != old and new.is_file()
+    assert sorted(p.name for p in (cache / "weights").iterdir()) == sorted([new.name, other_path.name, running.name])
+    assert weights.plan(source, "q4_0", cache).path == new  # reused, nothing made or removed
+
+
 def test_explicit_layouts_and_original(tmp_path):
     assert weights.plan(BUNDLED, "original", tmp_path).path == BUNDLED
     q8 = weights.plan(BUNDLED, "q8_0", tmp_path)

@@ -9,8 +9,10 @@ Measurements behind the choice of target are in docs/PERFORMANCE.md ("Weight lay
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import glob
 import hashlib
 import logging
 import os
@@ -135,14 +137,48 @@ def file_key(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_path(path: Path, target: str, head: str, cache_dir: Path) -> Path:
-    """Where the `target` copy of `path` lives: keyed by the file, the target and its head's type, the recipe and
-    llama.cpp."""
+def _place(path: Path) -> str:
+    """Where the file lives, hashed: the cache tells a changed file (same place, another key) from another file."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+
+
+def _version() -> str:
     import llama_cpp
 
-    version = f"{llama_cpp.__version__}-r{_RECIPE}"
-    name = f"{path.name.removesuffix('.gguf')}-{file_key(path)}-{target}-head_{head}-{version}.gguf"
+    return f"{llama_cpp.__version__}-r{_RECIPE}"
+
+
+def cache_path(path: Path, target: str, head: str, cache_dir: Path) -> Path:
+    """Where the `target` copy of `path` lives: keyed by the file's place and content, the target and its head's
+    type, the recipe and llama.cpp."""
+    name = f"{path.name.removesuffix('.gguf')}-{_place(path)}-{file_key(path)}-{target}-head_{head}-{_version()}.gguf"
     return cache_dir / "weights" / name
+
+
+def prune(path: Path, cache_dir: Path) -> list[Path]:
+    """Remove the cached copies of what the file at `path` held before (reinstalled or rewritten, it has another
+    key; each such copy would keep ~90 MB for good, one per reinstall), copies from another llama.cpp or recipe, and
+    temporary files of builds killed over an hour ago. Copies of other files, and the current content's other
+    layouts, stay. Returns what it removed; a file it cannot remove is left."""
+    weights_dir = cache_dir / "weights"
+    current = f"{path.name.removesuffix('.gguf')}-{_place(path)}-"
+    keep = f"{current}{file_key(path)}-"
+    stale = [
+        copy
+        for copy in weights_dir.glob(f"{glob.escape(current)}*.gguf")
+        if not (copy.name.startswith(keep) and copy.name.endswith(f"-{_version()}.gguf"))
+    ]
+    cutoff = time.time() - 3600  # a build in progress (another server starting) is seconds old
+    for tmp in weights_dir.glob(".tmp-*.gguf"):
+        with contextlib.suppress(OSError):
+            if tmp.stat().st_mtime < cutoff:
+                stale.append(tmp)
+    removed = []
+    for old in stale:
+        with contextlib.suppress(OSError):
+            old.unlink()
+            removed.append(old)
+    return removed
 
 
 def plan(path: Path, wanted: str, cache_dir: Path) -> WeightsPlan:
@@ -173,6 +209,8 @@ def plan(path: Path, wanted: str, cache_dir: Path) -> WeightsPlan:
         out = cache_path(path, target, head, cache_dir.expanduser())
         if not out.is_file():
             requantize(path, out, target, head)
+            if stale := prune(path, cache_dir.expanduser()):
+                log.info("removed %d stale cached copies of %s: %s", len(stale), path.name, [p.name for p in stale])
     except (OSError, WeightsError) as exc:
         log.warning("running %s's original %s weights, slower: %s", path.name, source_type, exc)
         return replace(keep, reason=f"{reason}, but requantizing failed: {exc}")
