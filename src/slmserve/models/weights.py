@@ -137,9 +137,11 @@ def file_key(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _place(path: Path) -> str:
-    """Where the file lives, hashed: the cache tells a changed file (same place, another key) from another file."""
-    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+def _prefix(path: Path) -> str:
+    """How the names of the cached copies of the file at `path` begin: its stem and where it lives, hashed, so the
+    cache tells a changed file (this prefix, another key) from another file."""
+    place = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    return f"{path.name.removesuffix('.gguf')}-{place}-"
 
 
 def _version() -> str:
@@ -151,8 +153,7 @@ def _version() -> str:
 def cache_path(path: Path, target: str, head: str, cache_dir: Path) -> Path:
     """Where the `target` copy of `path` lives: keyed by the file's place and content, the target and its head's
     type, the recipe and llama.cpp."""
-    name = f"{path.name.removesuffix('.gguf')}-{_place(path)}-{file_key(path)}-{target}-head_{head}-{_version()}.gguf"
-    return cache_dir / "weights" / name
+    return cache_dir / "weights" / f"{_prefix(path)}{file_key(path)}-{target}-head_{head}-{_version()}.gguf"
 
 
 def prune(path: Path, cache_dir: Path) -> list[Path]:
@@ -161,7 +162,7 @@ def prune(path: Path, cache_dir: Path) -> list[Path]:
     temporary files of builds killed over an hour ago. Copies of other files, and the current content's other
     layouts, stay. Returns what it removed; a file it cannot remove is left."""
     weights_dir = cache_dir / "weights"
-    current = f"{path.name.removesuffix('.gguf')}-{_place(path)}-"
+    current = _prefix(path)
     keep = f"{current}{file_key(path)}-"
     stale = [
         copy
@@ -205,11 +206,12 @@ def plan(path: Path, wanted: str, cache_dir: Path) -> WeightsPlan:
         if source_type == target:
             return replace(keep, reason=f"{reason}: the file is already {source_type}")
     head = head_type(target, family)
+    cache_dir = cache_dir.expanduser()
     try:
-        out = cache_path(path, target, head, cache_dir.expanduser())
+        out = cache_path(path, target, head, cache_dir)
         if not out.is_file():
             requantize(path, out, target, head)
-            if stale := prune(path, cache_dir.expanduser()):
+            if stale := prune(path, cache_dir):
                 log.info("removed %d stale cached copies of %s: %s", len(stale), path.name, [p.name for p in stale])
     except (OSError, WeightsError) as exc:
         log.warning("running %s's original %s weights, slower: %s", path.name, source_type, exc)
