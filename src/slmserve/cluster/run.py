@@ -16,16 +16,6 @@ log = logging.getLogger(__name__)
 OBJECT_STORE_BYTES = 256 * 1024**2
 
 
-# Ray Serve's own periodic work, at a slower pace where nothing waits on it: on one machine it takes the cores the
-# engines' threads need. At 32 streams on 2 cores, Ray's processes and the gateway used 0.16 cores with Ray's
-# defaults and ~0.125 with these (docs/PERFORMANCE.md). A replica that dies is still seen within a loop (0.5 s,
-# against health checks every 5 s); Ray's own metrics (not slmserve's /metrics) are exported each second.
-QUIETER_RAY_ENV = {
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # the Serve controller's loop; 0.1 s by default
-    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",  # replicas' and handles' Ray metrics; 100 ms by default
-}
-
-
 def direct_ingress_env(port: int) -> dict[str, str]:
     """Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED, Ray >= 2.55; Ray's guide "Enable
     High Throughput on Ray Serve with KubeRay"): the gateway replica answers HTTP itself on `port` (direct ingress:
@@ -56,8 +46,6 @@ def run_cluster(settings: Settings, options, *, direct_ingress: bool = True) -> 
     token than through Ray's proxy actor and with more of the machine left to the engines (docs/PERFORMANCE.md).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from machines without internet
-    for name, value in QUIETER_RAY_ENV.items():
-        os.environ.setdefault(name, value)  # a value the user set wins
     if direct_ingress:
         os.environ.update(direct_ingress_env(settings.port))
     import ray
