@@ -10,6 +10,9 @@ summary.json.
 
     python scripts/bench_cluster.py --out docs/bench/cluster-interval [--rounds 2] [--concurrency 1,32] \
         [--servers single,direct-1x2,NAME --variant NAME="cluster --replicas 1 --threads 2 --stream-interval 8"]
+
+A variant's leading VAR=VALUE words are set in its server's environment, e.g. Ray's own settings:
+`--variant ray-pace="RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.1 cluster --replicas 1 --threads 2"`.
 """
 
 from __future__ import annotations
@@ -76,16 +79,21 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                         help="a further server, `slmserve FLAGS`, to name in --servers")  # fmt: skip
     args = parser.parse_args()
+    envs: dict[str, dict[str, str]] = {}
     for variant in args.variant:  # NAME=FLAGS, e.g. i8="cluster --replicas 1 --threads 2 --stream-interval 8"
         name, _, flags = variant.partition("=")
-        SERVERS[name] = flags.split()
+        words = flags.split()
+        while words and "=" in words[0] and not words[0].startswith("-"):
+            var, _, value = words.pop(0).partition("=")
+            envs.setdefault(name, {})[var] = value
+        SERVERS[name] = words
     if "single" not in args.servers or not set(args.servers) <= set(SERVERS):
         parser.error(f"--servers: some of {','.join(SERVERS)}, single among them")
     args.seed_shaped, args.long_prompt = False, 0  # bench_compare's own extra runs: not asked for here
     args.out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "slmserve.cli"]
     runs = [
-        bench_server(name, [*cli, *SERVERS[name]], "/health", free_port(), args, r)
+        bench_server(name, [*cli, *SERVERS[name]], "/health", free_port(), args, r, envs.get(name))
         for r in range(1, args.rounds + 1)
         for name in args.servers
     ]
@@ -94,6 +102,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
         "startup_to_health_s": {run["server"]: run["startup_to_health_s"] for run in runs},
+        "environment": envs,
         "median": summarize(runs, args.concurrency, args.servers),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -75,10 +76,16 @@ def server_commands(args) -> dict[str, tuple[list[str], str]]:
     return commands
 
 
-def bench_server(name: str, cmd: list[str], health: str, port: int, args, round_no: int) -> dict:
+def bench_server(
+    name: str, cmd: list[str], health: str, port: int, args, round_no: int, env: dict[str, str] | None = None
+) -> dict:
+    """env: variables set for the server's process (and what it starts) on top of this one's."""
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
-    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    full_env = {**os.environ, **env} if env else None
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=full_env
+    )
     try:
         wait_healthy(url, proc, 180, health)
         startup = time.perf_counter() - started
