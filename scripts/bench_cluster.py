@@ -8,7 +8,7 @@ alternate the servers so each one's figures sit minutes from its peers'. The sum
 and puts each cluster's tok/s and TTFT beside the single process's. Writes one JSON per server and round, and
 summary.json.
 
-    python scripts/bench_cluster.py --out docs/bench/cluster-interval [--rounds 2] [--concurrency 1,32] \
+    python scripts/bench_cluster.py --out docs/bench/cluster-interval [--rounds 2] [--concurrency 1,32] [--waves 2] \
         [--servers single,direct-1x2,NAME --variant NAME="cluster --replicas 1 --threads 2 --stream-interval 8"]
 
 A variant's leading VAR=VALUE words are set in its server's environment, e.g. Ray's own settings:
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 32])
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--waves", type=int, default=2, help="requests per user at each concurrency (8 at least)")
     parser.add_argument("--servers", type=lambda s: s.split(","), default=list(SERVERS), help=",".join(SERVERS))
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                         help="a further server, `slmserve FLAGS`, to name in --servers")  # fmt: skip
@@ -100,6 +101,7 @@ def main() -> None:
     summary = {
         "machine": {"cpu_count": os.cpu_count()},
         "max_tokens": args.max_tokens,
+        "waves": args.waves,
         "rounds": args.rounds,
         "startup_to_health_s": {run["server"]: run["startup_to_health_s"] for run in runs},
         "environment": envs,

@@ -94,6 +94,7 @@ def bench_server(
         config = BenchConfig(
             url=url, levels=args.concurrency, requests=None, max_tokens=args.max_tokens, ignore_eos=True,
             eos_token_ids=[0, 2], model=None, prompt="Tell me a story about a cat.", label=name,
+            waves=getattr(args, "waves", 2),
         )  # fmt: skip
         results = asyncio.run(run_bench(config))
         seeds = asyncio.run(seed_shaped(url)) if args.seed_shaped and name.startswith("slmserve") else None

@@ -29,9 +29,10 @@ class BenchConfig:
     prompt: str
     label: str
     response_format: dict | None = None  # e.g. a json_schema: every request decodes under its grammar
+    waves: int = 2  # without `requests`: each user sends this many, one after another (8 requests at least)
 
     def requests_for(self, concurrency: int) -> int:
-        return self.requests or max(8, 2 * concurrency)
+        return self.requests or max(8, self.waves * concurrency)
 
 
 @dataclass
