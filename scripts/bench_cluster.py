@@ -90,7 +90,6 @@ def main() -> None:
         SERVERS[name] = words
     if "single" not in args.servers or not set(args.servers) <= set(SERVERS):
         parser.error(f"--servers: some of {','.join(SERVERS)}, single among them")
-    args.seed_shaped, args.long_prompt = False, 0  # bench_compare's own extra runs: not asked for here
     args.out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "slmserve.cli"]
     runs = [

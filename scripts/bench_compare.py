@@ -97,8 +97,14 @@ def bench_server(
             waves=getattr(args, "waves", 2),
         )  # fmt: skip
         results = asyncio.run(run_bench(config))
-        seeds = asyncio.run(seed_shaped(url)) if args.seed_shaped and name.startswith("slmserve") else None
-        long_prompt = asyncio.run(long_prompt_ttft(url, args.long_prompt)) if args.long_prompt else None
+        # Optional in `args`: this script's own extra runs (seed shapes, a long prompt), other scripts' `waves`.
+        seeds = (
+            asyncio.run(seed_shaped(url))
+            if getattr(args, "seed_shaped", False) and name.startswith("slmserve")
+            else None
+        )
+        prompt_len = getattr(args, "long_prompt", 0)
+        long_prompt = asyncio.run(long_prompt_ttft(url, prompt_len)) if prompt_len else None
         peak_rss = rss.stop()
         print_report(config, results)
         write_json(args.out / f"{name}.round{round_no}.json", config, results)

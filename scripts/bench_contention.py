@@ -46,7 +46,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.burn:
         burn(args.burn)
-    args.seed_shaped, args.long_prompt = False, 0
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for r in range(1, args.rounds + 1):
