@@ -2,14 +2,14 @@
 
 Servers (in this order each round): the single process (`slmserve serve`, --n-threads 2), the cluster with 1 model-
 host replica of 2 threads, and with 2 replicas of 1 thread, with `--direct-ingress` (the default) and behind Ray's
-proxy (`--ray-proxy`), and 1 x 2 sending each token on its own (`--stream-interval 1`). Each gets `slmserve bench`
+proxy (`--ray-proxy`), and 1 x 2 sending at every engine step (`--stream-interval-ms 0`). Each gets `slmserve bench`
 (streaming chat, greedy, EOS banned, so every request yields exactly --max-tokens) at each concurrency; rounds
 alternate the servers so each one's figures sit minutes from its peers'. The summary takes the median over rounds
 and puts each cluster's tok/s and TTFT beside the single process's. Writes one JSON per server and round, and
 summary.json.
 
     python scripts/bench_cluster.py --out docs/bench/cluster-interval [--rounds 2] [--concurrency 1,32] [--waves 2] \
-        [--servers single,direct-1x2,NAME --variant NAME="cluster --replicas 1 --threads 2 --stream-interval 8"]
+        [--servers single,direct-1x2,NAME --variant NAME="cluster --replicas 1 --threads 2 --stream-interval-ms 80"]
 
 A variant's leading VAR=VALUE words are set in its server's environment, e.g. Ray's own settings:
 `--variant ray-pace="RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.1 cluster --replicas 1 --threads 2"`.
@@ -42,8 +42,8 @@ SERVERS = {
     # Every request through Ray's proxy actor.
     "proxy-1x2": cluster("--ray-proxy", 1, 2),
     "proxy-2x1": cluster("--ray-proxy", 2, 1),
-    # Each token its own message from host to gateway (the default gathers 4).
-    "direct-1x2-each-token": cluster("--direct-ingress", 1, 2, "--stream-interval", "1"),
+    # A model host sends at every engine step (the default holds tokens up to 100 ms).
+    "direct-1x2-each-step": cluster("--direct-ingress", 1, 2, "--stream-interval-ms", "0"),
 }
 
 
@@ -81,7 +81,7 @@ def main() -> None:
                         help="a further server, `slmserve FLAGS`, to name in --servers")  # fmt: skip
     args = parser.parse_args()
     envs: dict[str, dict[str, str]] = {}
-    for variant in args.variant:  # NAME=FLAGS, e.g. i8="cluster --replicas 1 --threads 2 --stream-interval 8"
+    for variant in args.variant:  # NAME=FLAGS, e.g. i80="cluster --replicas 1 --threads 2 --stream-interval-ms 80"
         name, _, flags = variant.partition("=")
         words = flags.split()
         while words and "=" in words[0] and not words[0].startswith("-"):

@@ -198,10 +198,10 @@ def cluster(
     downscale_delay: Annotated[float, typer.Option(help="Autoscaling: seconds under target before removing.")] = 120,
     threads: Annotated[int, typer.Option(help="llama.cpp threads per replica.")] = 1,
     drain_seconds: Annotated[float, typer.Option(help="On stop, replicas finish requests for this long.")] = 30,
-    stream_interval: Annotated[
-        int,
-        typer.Option(help="Tokens a model host sends the gateway at once (1: every token; fewer messages: faster)."),
-    ] = 4,
+    stream_interval_ms: Annotated[
+        float,
+        typer.Option(help="Most ms a model host holds tokens before it sends them (0: at every step; longer: faster)."),
+    ] = 100,
     direct_ingress: Annotated[
         bool,
         typer.Option(
@@ -231,7 +231,7 @@ def cluster(
             downscale_delay_s=downscale_delay,
             threads=threads,
             drain_seconds=drain_seconds,
-            stream_interval=stream_interval,
+            stream_interval_ms=stream_interval_ms,
         )
     )
     _checked(settings.per_model)

@@ -53,15 +53,16 @@ def test_the_seeds_routes_answer_through_the_gateway_and_name_their_replica(clus
 
 
 def test_a_stream_comes_through_the_gateway_piece_by_piece(cluster):
-    body = chat("Count from one to ten.", max_tokens=24, ignore_eos=True, stream=True)
+    body = chat("Count from one to ten.", max_tokens=48, ignore_eos=True, stream=True)
     with httpx.stream("POST", f"{cluster.url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200 and r.headers[REPLICA]
         data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert data[-1] == "[DONE]"
     chunks = [json.loads(d) for d in data[:-1]]
     pieces = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
-    # 24 tokens: the first alone, then 4 a message from the host (--stream-interval 4): 7 pieces.
-    assert 5 <= len([p for p in pieces if p]) <= 8, pieces
+    # 48 tokens: the first alone, then what the host made in each 100 ms (--stream-interval-ms), the last at
+    # once: several pieces (one thread takes well over 100 ms for 48 tokens), not one a token.
+    assert 3 <= len([p for p in pieces if p]) <= 24, pieces
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     whole = httpx.post(f"{cluster.url}/v1/chat/completions", json={**body, "stream": False}, timeout=60)
     assert "".join(p for p in pieces if p) == whole.json()["choices"][0]["message"]["content"]
@@ -135,18 +136,26 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(cluster):
     assert len(hosts) == 2
     victim = hosts[0]
 
-    async def stream(client: httpx.AsyncClient, i: int) -> tuple[int, str, str]:
+    streaming = [asyncio.Event() for _ in range(8)]
+
+    async def stream(client: httpx.AsyncClient, i: int) -> tuple[int, str, str, str]:
         # A system prompt of its own: no shared prefix pins the 8 to one replica, so both hold some.
-        body = chat(f"Story number {i}.", max_tokens=200, ignore_eos=True, stream=True)
+        body = chat(f"Story number {i}.", max_tokens=400, ignore_eos=True, stream=True)
         body["messages"].insert(0, {"role": "system", "content": f"You are storyteller number {i}."})
         async with client.stream("POST", f"{cluster.url}/v1/chat/completions", json=body) as r:
-            data = [line async for line in r.aiter_lines() if line.startswith("data: ")]
-            return r.status_code, data[-1], data[-2]
+            data = []
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    data.append(line)
+                    streaming[i].set()
+            return r.status_code, data[-1], data[-2], r.headers[REPLICA]
 
     async def load() -> list:
         async with httpx.AsyncClient(timeout=90) as client:
             tasks = [asyncio.create_task(stream(client, i)) for i in range(8)]
-            await asyncio.sleep(2.0)
+            # Killed once all 8 stream, mid-answer: 400 tokens take a one-thread replica holding 4 of them
+            # seconds (after a fixed 2 s wait instead, one run in `make test` saw no request fail).
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streaming)), timeout=60)
             victim.send_signal(signal.SIGKILL)
             return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=90)
 
@@ -154,9 +163,9 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(cluster):
     results = asyncio.run(load())
     assert time.monotonic() - start < 90
     assert all(not isinstance(r, BaseException) for r in results), results
-    assert all(last == "data: [DONE]" for _, last, _ in results)  # every stream ended
-    failed = [json.loads(before[6:]) for _, _, before in results if '"error"' in before]
-    completed = [before for _, _, before in results if '"finish_reason":"length"' in before]
+    assert all(last == "data: [DONE]" for _, last, _, _ in results)  # every stream ended
+    failed = [json.loads(before[6:]) for _, _, before, _ in results if '"error"' in before]
+    completed = [before for _, _, before, _ in results if '"finish_reason":"length"' in before]
     assert failed and completed, results  # the victim's requests ended with an error, the others finished
     assert {e["error"]["code"] for e in failed} == {"engine_error"}
     # New requests go to the live replica at once, and Ray starts a replacement.

@@ -39,6 +39,6 @@ def test_cluster_options_refuse_nonsense():
     with pytest.raises(ValueError):
         ClusterOptions(min_replicas=3, max_replicas=2)
     with pytest.raises(ValueError):
-        ClusterOptions(stream_interval=0)
+        ClusterOptions(stream_interval_ms=-1)
     assert ClusterOptions(max_replicas=4).scaling()["autoscaling_config"]["max_replicas"] == 4
     assert ClusterOptions(replicas=3).scaling() == {"num_replicas": 3}

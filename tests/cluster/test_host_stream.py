@@ -1,4 +1,4 @@
-"""A model host joins a request's outputs a few tokens at a time before they cross to the gateway."""
+"""On its own call, a model host joins a request's outputs for an interval before they cross to the gateway."""
 
 from __future__ import annotations
 
@@ -20,22 +20,22 @@ def engine_outputs(max_tokens: int) -> list:
     return outs
 
 
-def gather(outs: list, every: int) -> list:
+def gather(outs: list, interval: float) -> list:
     async def source():
         for out in outs:
             yield out
 
     async def collect():
-        return [out async for out in gathered(source(), every)]
+        return [out async for out in gathered(source(), interval)]
 
     return asyncio.run(collect())
 
 
-def test_outputs_go_four_tokens_at_a_time_after_the_first_token():
+def test_the_first_token_and_the_last_go_at_once_the_rest_joined_for_the_interval():
     outs = engine_outputs(max_tokens=11)
-    sent = gather(outs, every=4)
-    # accepted, the first token at once, then 4 + 4, then the last 2 with the finish.
-    assert [len(o.token_ids) for o in sent] == [0, 1, 4, 4, 2]
+    sent = gather(outs, interval=3600)
+    # accepted, the first token at once, then the other ten joined with the finish.
+    assert [len(o.token_ids) for o in sent] == [0, 1, 10]
     assert sent[-1].finish_reason == "length" and sent[-1].num_output_tokens == 11
     assert all(o.finish_reason is None for o in sent[:-1])
     assert "".join(o.text for o in sent) == "".join(o.text for o in outs) == "hello world"
@@ -43,6 +43,6 @@ def test_outputs_go_four_tokens_at_a_time_after_the_first_token():
     assert len([lp for o in sent for lp in o.logprobs]) == 11
 
 
-def test_an_interval_of_one_sends_every_output_as_it_came():
+def test_an_interval_of_zero_sends_every_output_as_it_came():
     outs = engine_outputs(max_tokens=5)
-    assert gather(outs, every=1) == outs
+    assert gather(outs, interval=0) == outs

@@ -18,12 +18,13 @@ def test_rays_proxy_actor_serves_the_port_and_the_routes_answer(proxy):
     r = httpx.post(f"{proxy.url}/v1/chat/completions", json={**body, "temperature": 0}, timeout=60)
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
     assert r.headers["x-slmserve-replica"].startswith("smollm2-135m-instruct#")
-    stream = {**body, "stream": True, "max_tokens": 16, "ignore_eos": True}
+    stream = {**body, "stream": True, "max_tokens": 48, "ignore_eos": True}
     with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=stream, timeout=60) as r:
         data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert r.status_code == 200 and data[-1] == "[DONE]"
     pieces = [json.loads(d)["choices"][0]["delta"].get("content") for d in data[:-1] if json.loads(d)["choices"]]
-    assert len([p for p in pieces if p]) >= 4  # the first token alone, then 4 at a time
+    # The first token alone, then what came in each 100 ms (one thread takes longer than that for 47), the last.
+    assert len([p for p in pieces if p]) >= 3
 
 
 def test_sigterm_stops_it(proxy):

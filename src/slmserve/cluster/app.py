@@ -37,16 +37,19 @@ class ClusterOptions:
     # The most requests a replica holds: its engine's running and waiting. Ray's default of 5 would starve a
     # continuous-batching engine; past what the replicas hold, the gateway answers 429.
     max_ongoing_requests: int | None = None
-    # Tokens a model host gathers into one message to the gateway (the first token always goes at once). Each
-    # message costs CPU in both processes: on 2 cores, 32 streams got 0.62 of the single process's tokens/s
-    # sending each token, 0.85 sending 4 at a time (docs/PERFORMANCE.md). A user sees text in 4-token pieces.
-    stream_interval: int = 4
+    # The longest a model host holds a request's tokens before sending them to the gateway (the first and last
+    # go at once). Each message costs CPU in both processes, and each SSE chunk the gateway and the client; with a
+    # channel open, one message carries the held tokens of all the gateway's requests at the replica (cluster/
+    # channel.py). 100 ms: a user sees text 10 times a second, and on 2 cores 32 streams got 0.87-0.97 of the single
+    # process's tokens/s in three runs, ahead of a message a request per 4 tokens in 8 of 12 rounds
+    # (docs/PERFORMANCE.md).
+    stream_interval_ms: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.upscale_delay_s < 0 or self.downscale_delay_s < 0:
-            raise ValueError("upscale and downscale delays cannot be negative")
-        if self.replicas < 1 or self.min_replicas < 0 or self.threads < 1 or self.stream_interval < 1:
-            raise ValueError("replicas, threads and stream_interval must be at least 1, min_replicas at least 0")
+        if self.upscale_delay_s < 0 or self.downscale_delay_s < 0 or self.stream_interval_ms < 0:
+            raise ValueError("upscale and downscale delays and stream_interval_ms cannot be negative")
+        if self.replicas < 1 or self.min_replicas < 0 or self.threads < 1:
+            raise ValueError("replicas and threads must be at least 1, min_replicas at least 0")
         if self.max_replicas is not None and self.max_replicas < max(self.min_replicas, 1):
             raise ValueError("max_replicas must be at least min_replicas and 1")
 
@@ -91,7 +94,8 @@ def _host(settings: Settings, options: ClusterOptions):
         ModelHost,
         name=f"host-{settings.model_name}",
         ray_actor_options={"num_cpus": options.threads},
-        max_ongoing_requests=ongoing,
+        # One more place for the gateway's channel call (cluster/channel.py), which holds no engine slot.
+        max_ongoing_requests=ongoing + 1,
         # Ray's queue in a gateway holds requests only until its router has picked a replica; a burst can fill it
         # faster than the router (on the gateway's event loop) drains it, so it may hold what all replicas can.
         # The gateway refuses first, at what the hosts hold (cluster/client.py): that is the 429 a client sees.
@@ -102,7 +106,7 @@ def _host(settings: Settings, options: ClusterOptions):
         request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter),
         **options.scaling(),
     )
-    return deployment.bind(settings.model_dump(), options.stream_interval)
+    return deployment.bind(settings.model_dump(), options.stream_interval_ms / 1000)
 
 
 def build(settings: Settings, options: ClusterOptions):

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Iterator
 import numpy as np
 from ray import exceptions as ray_errors
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from slmserve.cluster.channel import ChannelRequest, GatewayChannels, Moved
 from slmserve.cluster.host import HostRequest
 from slmserve.engine.async_engine import EngineDeadError
 from slmserve.engine.engine import RequestOutput
@@ -50,6 +51,7 @@ class RayEngineClient:
     def __init__(self, handle: DeploymentHandle, info: dict, replicas: int) -> None:
         self._handle = handle
         self._stream = handle.options(stream=True)
+        self._channels = GatewayChannels(self._channel)
         # This gateway's own count of its requests at the hosts: waiting until their first token, then running.
         self._running = self._waiting = 0
         # What the hosts can hold: each replica's engine (Ray sends it no more than that), and as many again as
@@ -82,22 +84,21 @@ class RayEngineClient:
     ) -> AsyncIterator[RequestOutput]:
         if self._waiting >= self._max_waiting:
             raise QueueFullError(f"{self._waiting} requests are already waiting")
-        request = HostRequest(prompt_token_ids, params, request_id or uuid.uuid4().hex, adapter)
+        request = HostRequest(prompt_token_ids, params, request_id or uuid.uuid4().hex, adapter, self._channels.gateway)
         self._waiting += 1
+        self._channels.register(request.request_id)
         running = finished = False
         response = None
         try:
             with _as_ours():
                 response = self._stream.generate.remote(request)
-                async for item in response:
-                    if isinstance(item, str):  # the host's first message: its name
-                        served_by(item)
-                        continue
+                async for item in self._outputs(response, request.request_id):
                     if item.token_ids and not running:
                         running, self._waiting, self._running = True, self._waiting - 1, self._running + 1
                     finished = item.finished
                     yield item
         finally:
+            self._channels.unregister(request.request_id)
             if running:
                 self._running -= 1
             else:
@@ -107,6 +108,29 @@ class RayEngineClient:
                 # its refusal again on cancel(), which would replace the 429 on its way out: nothing to cancel then.
                 with contextlib.suppress(BackPressureError, ray_errors.RayError):
                     response.cancel()
+
+    async def _outputs(self, response: DeploymentResponseGenerator, request_id: str) -> AsyncIterator[RequestOutput]:
+        """A request's outputs from its own call, then, once the host moved it, from the replica's channel."""
+        async for item in response:
+            if isinstance(item, str):  # the host's first message: its name
+                served_by(item)
+                self._channels.want(item)
+            elif isinstance(item, Moved):
+                async for out in self._channels.follow(item, request_id):
+                    yield out
+                return
+            else:
+                yield item
+
+    async def _channel(self, request: ChannelRequest) -> AsyncIterator[list]:
+        response = self._stream.channel.remote(request)
+        try:
+            with _as_ours():
+                async for batch in response:
+                    yield batch
+        finally:
+            with contextlib.suppress(BackPressureError, ray_errors.RayError):
+                response.cancel()
 
     async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
         with _as_ours():
@@ -123,7 +147,8 @@ class RayEngineClient:
         raise ValueError("the cluster does not serve LoRA adapters yet")
 
     def shutdown(self) -> None:
-        """Nothing to stop here: the model hosts belong to Ray Serve, which drains and stops them."""
+        """The channels closed; the model hosts belong to Ray Serve, which drains and stops them."""
+        self._channels.close()
 
 
 class HostConnector:

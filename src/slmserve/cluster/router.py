@@ -15,6 +15,7 @@ from collections import Counter, OrderedDict
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from slmserve.cluster.channel import ChannelRequest
 from slmserve.cluster.host import HostRequest
 
 
@@ -75,6 +76,9 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
             # Every candidate is ranked below, so when none can take the request (all full, or a probe of their
             # queues timed out) Ray should back off before asking again; left False it retries in a hot loop.
             pending_request.routing_context.should_backoff = True
+        arg = pending_request.args[0] if pending_request is not None and pending_request.args else None
+        if isinstance(arg, ChannelRequest):  # a gateway's channel goes to the replica it names, or nowhere yet
+            return [[r for r in candidate_replicas if r.replica_id.unique_id == arg.replica.rpartition("#")[2]]]
         by_load = sorted(candidate_replicas, key=lambda r: self._inflight[r.replica_id])
         token_ids = self._prompt(pending_request)
         owner = self.affinity(token_ids, [r.replica_id for r in by_load]) if token_ids else None
