@@ -8,6 +8,7 @@ closing it; a call whose replica died raises). The real Ray path is in test_clus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import types
 from collections import Counter
@@ -113,11 +114,25 @@ async def until(condition, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def hosted(script: bytes = b"hello world", channel_open: bool = False):
+    """A host on the fake engine and a gateway's client of it, shut down after; with channel_open, a first request
+    has opened the client's channel to the host."""
+    host = make_host(script)
+    client, handle = make_client(host)
+    try:
+        if channel_open:
+            await answer(client, "warm", max_tokens=2)
+            await until(lambda: host._mailboxes)
+        yield host, client, handle
+    finally:
+        client.shutdown()
+        host.engine.shutdown()
+
+
 def test_requests_after_the_first_come_on_one_channel_a_step_at_a_time():
     async def run():
-        host = make_host()
-        client, handle = make_client(host)
-        try:
+        async with hosted() as (host, client, handle):
             # On its own call; the channel opens meanwhile, and the host moves it there half way.
             first = await answer(client, "hi")
             assert text(first) == "hello world" and first[-1].finish_reason == "stop"
@@ -126,9 +141,6 @@ def test_requests_after_the_first_come_on_one_channel_a_step_at_a_time():
             before = handle.messages.copy()
             answers = await asyncio.gather(*(answer(client, f"q{i}") for i in range(6)))
             return answers, handle.messages - before, handle.calls
-        finally:
-            client.shutdown()
-            host.engine.shutdown()
 
     answers, messages, calls = asyncio.run(run())
     assert [text(a) for a in answers] == ["hello world"] * 6
@@ -143,11 +155,7 @@ def test_requests_after_the_first_come_on_one_channel_a_step_at_a_time():
 
 def test_a_client_that_leaves_aborts_its_moved_request():
     async def run():
-        host = make_host(script=b"x" * 5000)
-        client, _ = make_client(host)
-        try:
-            await answer(client, "warm", max_tokens=2)
-            await until(lambda: host._mailboxes)
+        async with hosted(b"x" * 5000, channel_open=True) as (host, client, _):
             stream = client.generate(list(b"long"), SamplingParams(temperature=0, max_tokens=4000, ignore_eos=True))
             got = 0
             async for out in stream:
@@ -158,9 +166,6 @@ def test_a_client_that_leaves_aborts_its_moved_request():
             await until(lambda: not host.engine.engine.requests)  # the engine let it go
             box = next(iter(host._mailboxes.values()))
             return got, box.requests, client.num_running + client.num_waiting
-        finally:
-            client.shutdown()
-            host.engine.shutdown()
 
     got, moved_left, counted = asyncio.run(run())
     assert got >= 20 and moved_left == 0 and counted == 0
@@ -168,11 +173,7 @@ def test_a_client_that_leaves_aborts_its_moved_request():
 
 def test_a_channel_that_dies_fails_its_requests_and_none_hangs():
     async def run():
-        host = make_host(script=b"y" * 5000)
-        client, handle = make_client(host)
-        try:
-            await answer(client, "warm", max_tokens=2)
-            await until(lambda: host._mailboxes)
+        async with hosted(b"y" * 5000, channel_open=True) as (host, client, handle):
             tasks = [asyncio.create_task(answer(client, f"s{i}", max_tokens=4000, ignore_eos=True)) for i in range(3)]
             await until(lambda: next(iter(host._mailboxes.values())).requests == 3)
             handle.calls["channel"][0].cancel()  # as when Ray loses the channel's call
@@ -181,9 +182,6 @@ def test_a_channel_that_dies_fails_its_requests_and_none_hangs():
             await until(lambda: not host.engine.engine.requests)
             after = await answer(client, "again")
             return results, after
-        finally:
-            client.shutdown()
-            host.engine.shutdown()
 
     results, after = asyncio.run(run())
     assert all(isinstance(r, EngineDeadError) for r in results), results
