@@ -15,7 +15,7 @@ class ByteTokenizer:
     eog_token_ids = frozenset({EOS})
     vocab_size = VOCAB
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
+    def encode(self, text: str, add_special: bool = True, special: bool = True) -> list[int]:
         return list(text.encode("utf-8"))
 
     def token_bytes(self, token_id: int) -> bytes:

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Default tokens a request may use (prompt + completion) per backend. Measured on llama.cpp at 32 concurrent
@@ -126,6 +126,29 @@ class Settings(BaseSettings):
     max_length_limit: int = Field(200, ge=10, description="/generate: the largest max_length (prompt + new tokens).")
     default_max_length: int = Field(50, ge=10, description="/generate: max_length when the request gives none.")
     default_temperature: float = Field(0.7, ge=0, le=2, description="/generate: temperature when none is given.")
+    # DRY, llama.cpp's repetition sampler: the defaults of requests that do not set its fields (README, "DRY").
+    dry_multiplier: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "DRY: penalty scale for a token that would extend a verbatim repeat of earlier context; 0 is off "
+            "(llama.cpp's default), 0.8 is its suggested value."
+        ),
+    )
+    dry_base: float = Field(
+        1.75, ge=1, allow_inf_nan=False, description="DRY: the penalty is multiplier x base^(repeat length - allowed)."
+    )
+    dry_allowed_length: int = Field(2, ge=0, description="DRY: repeats this many tokens long go unpenalized.")
+    dry_penalty_last_n: int = Field(
+        -1, ge=-1, description="DRY: tokens of context looked back over; -1: all (prompt and output), 0: off."
+    )
+    # A JSON text default (validated into the list) so --help shows it readably: one breaker is a newline.
+    dry_sequence_breakers: Words = Field(
+        '["\\n", ":", "\\"", "*"]',
+        validate_default=True,
+        description="DRY: text a repeat never reaches back across; a JSON list, or comma-separated words.",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: Literal["text", "json"] = Field(
         "text",
@@ -182,6 +205,15 @@ class Settings(BaseSettings):
             "embeds ~350 tokens a second."
         ),
     )
+
+    @field_validator("dry_sequence_breakers")
+    @classmethod
+    def _breakers_fit(cls, breakers: list[str]) -> list[str]:
+        """At startup, not as a 400 on every request: the rule is SamplingParams' (at most 32, 1-40 bytes each)."""
+        from slmserve.engine.sampling import SamplingParams  # numpy, only when settings are built
+
+        SamplingParams(dry_sequence_breakers=breakers)
+        return breakers
 
     def kv_cells(self, backend: Literal["llama.cpp", "torch"]) -> int:
         """--ctx-size, or the backend's default tokens a slot times --max-running."""

@@ -8,7 +8,7 @@ from slmserve.engine.sampling import SamplingParams
 from slmserve.models.chat_template import ChatTemplate
 from slmserve.server.errors import APIError
 from slmserve.server.protocol import openai as oa
-from slmserve.server.tools import CallStream, ToolUse, render_history
+from slmserve.server.tools import CallStream, ToolUse, answered_calls, render_history
 from tests.fakes import ScriptedRunner, make_engine, run_all
 
 WEATHER = {
@@ -192,3 +192,33 @@ def test_a_call_cut_short_streams_its_head_and_what_arguments_there_are():
     assert [d.tool_calls[0].function.name for d in deltas] == ["f", None]
     assert deltas[1].tool_calls[0].function.arguments == '{"x": "ab'
     assert stream.feed("") == [] and stream.calls == 1
+
+
+def test_parallel_calls_call_each_tool_at_most_once():
+    tool_use = ToolUse.of(request(tools=[WEATHER, TIME], tool_choice="required"))
+    names = [[c.function.name for c in ToolUse.parse(text)[1]] for text in sample_answers(tool_use, n=16)]
+    assert all(len(set(n)) == len(n) for n in names), names
+    weather = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+    time = '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+    for script, called in [(f"{weather}\n{time}", [weather, time]), (f"{weather}\n{weather}", [weather])]:
+        [text] = sample_answers(tool_use, n=1, runner=ScriptedRunner(script.encode()), temperature=0)
+        assert text.strip() == "\n".join(called)  # both tools in one answer; a second call of one is taken back
+
+
+def test_complete_calls_are_kept_when_a_later_one_was_cut():
+    whole = '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+    content, calls = ToolUse.parse(whole + '\n<tool_call>\n{"name": "get_weather", "argu')
+    assert content is None and [c.function.name for c in calls] == ["get_time"]
+
+
+def test_answered_calls_are_those_a_tool_message_answers():
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    other = {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call, other]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    assert answered_calls(history) == ['{"arguments":{"city":"Paris"},"name":"get_weather"}']
+    no_id = [*history[:2], {"role": "tool", "content": "sunny"}]
+    assert len(answered_calls(no_id)) == 2  # a result without an id answers the calls before it

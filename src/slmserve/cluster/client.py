@@ -136,9 +136,9 @@ class RayEngineClient:
         with _as_ours():
             return await self._handle.embed.remote(token_lists)
 
-    async def check_grammar(self, grammar: str) -> None:
+    async def check_grammar(self, grammar: str) -> int | None:
         with _as_ours():
-            await self._handle.check_grammar.remote(grammar)
+            return await self._handle.check_grammar.remote(grammar)
 
     async def load_adapter(self, name: str, path: str) -> None:
         raise ValueError("the cluster does not serve LoRA adapters yet; run `slmserve serve --engine torch`")

@@ -140,8 +140,8 @@ class ModelHost:
     async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
         return await self.engine.embed(token_lists)
 
-    async def check_grammar(self, grammar: str) -> None:
-        await self.engine.check_grammar(grammar)
+    async def check_grammar(self, grammar: str) -> int | None:
+        return await self.engine.check_grammar(grammar)
 
     def check_health(self) -> None:
         """Ray calls this every few seconds; a replica whose engine thread died is replaced."""

@@ -180,9 +180,11 @@ class AsyncEngine:
         means = np.stack(sums) / np.array([len(t) for t in token_lists], dtype=np.float64)[:, None]
         return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
-    async def check_grammar(self, grammar: str) -> None:
-        """Compile a grammar against this engine's vocabulary, off the event loop; GrammarError naming the problem."""
-        await asyncio.to_thread(self.engine.grammars.matcher, grammar)
+    async def check_grammar(self, grammar: str) -> int | None:
+        """Compile a grammar against this engine's vocabulary, off the event loop: the tokens of its shortest answer
+        (None: none within reach), or GrammarError naming the problem."""
+        constraint = await asyncio.to_thread(self.engine.grammars.matcher, grammar)
+        return None if constraint.closing is None else len(constraint.closing)
 
     async def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter into the runner between two steps, so requests in flight are not disturbed."""

@@ -8,6 +8,8 @@ from typing import Protocol
 import numpy as np
 
 from slmserve.engine.detokenizer import Detokenizer
+from slmserve.engine.dry import breakers_for
+from slmserve.engine.loop_guard import LoopGuard
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs, make_rng, sample
 from slmserve.engine.scheduler import Batch, Scheduler
 from slmserve.engine.sequence import Sequence
@@ -31,6 +33,10 @@ class Tokenizer(Protocol):
 
     def decode(self, token_ids: list[int]) -> str: ...
 
+
+# Near the end of its budget a structured answer looks for its close at every token: from this many tokens plus
+# twice the last close's length before max_tokens (a close costs ~0.05-0.7 ms; far from the end it is not needed).
+CLOSE_WINDOW = 32
 
 # One embeddings call takes at most this many inputs and tokens (so one input at most EMBED_TOKENS).
 EMBED_TOKENS = 2048
@@ -70,6 +76,7 @@ class RequestOutput:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     finish_reason: str | None = None
     queue_time: float | None = None
+    closed: bool = False  # a structured answer that ran into max_tokens, closed by the engine so it parses
 
     @property
     def finished(self) -> bool:
@@ -86,6 +93,7 @@ class RequestOutput:
             self.logprobs + later.logprobs,
             later.finish_reason,
             self.queue_time if self.queue_time is not None else later.queue_time,
+            later.closed,
         )
 
 
@@ -129,7 +137,11 @@ class Engine:
             make_rng(params.seed),
             adapter,
             constraint or (self.grammars.matcher(params.grammar) if params.grammar else None),
+            dry_breakers=breakers_for(self.tokenizer, params),
         )
+        if seq.constraint is not None:
+            calls = frozenset(params.answered_calls)
+            seq.guard = LoopGuard(self.grammars.guard_vocab, params.loop_guard, calls)
         self.scheduler.add(seq)
         self.requests[request_id] = seq
 
@@ -182,27 +194,102 @@ class Engine:
 
     def _append_token(self, seq: Sequence, logits: np.ndarray, allowed: np.ndarray | None = None) -> RequestOutput:
         params = seq.params
+        if allowed is not None and seq.guard is not None:
+            seq.guard.ban(allowed)
         if allowed is not None and not allowed.any():  # a dead end in the grammar that compiling did not show
-            return self._finish(seq, "stop", seq.detokenizer.flush(), [], [])
-        token, lp = sample(logits, params, seq.rng, seq.prompt_token_ids, seq.output_token_ids, allowed)
+            return self._finish(seq, "stop", *self._release(seq, final=True))
+        token, lp = sample(
+            logits, params, seq.rng, seq.prompt_token_ids, seq.output_token_ids, allowed, seq.dry_breakers
+        )
         seq.output_token_ids.append(token)
+        if seq.constraint is not None:
+            return self._constrained(seq, token, lp)
         lps = [lp] if lp is not None else []
         if token in params.stop_token_ids or (token in self.tokenizer.eog_token_ids and not params.ignore_eos):
             return self._finish(seq, "stop", seq.detokenizer.flush(), [token], lps)
         text = seq.detokenizer.push(token)
         if seq.detokenizer.stop_reason is not None:
             return self._finish(seq, "stop", text, [token], lps)
-        if seq.constraint is not None and self._grammar_done(seq, token):
-            return self._finish(seq, "stop", text + seq.detokenizer.flush(), [token], lps)
         if seq.num_output_tokens >= params.max_tokens:
             return self._finish(seq, "length", text + seq.detokenizer.flush(), [token], lps)
         return self._output(seq, text, [token], lps)
 
+    def _constrained(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> RequestOutput:
+        """A token of a structured answer: the grammar takes it, the loop guard may take it back (text it may
+        still take back is held), and near the end of the budget the answer is closed while a close fits."""
+        constraint, guard, params = seq.constraint, seq.guard, seq.params
+        seq.held_logprobs.append(lp)
+        if token in params.stop_token_ids or (token in self.tokenizer.eog_token_ids and not params.ignore_eos):
+            guard.push(token, text=False)
+            return self._finish(seq, "stop", *self._release(seq, final=True))
+        if not constraint.accept(token):  # cannot happen when the mask was applied: the answer so far is all
+            seq.output_token_ids.pop()
+            seq.held_logprobs.pop()
+            return self._finish(seq, "stop", *self._release(seq, final=True))
+        back = guard.push(token)
+        if back:
+            return self._take_back(seq, back)
+        if constraint.finished:
+            return self._finish(seq, "stop", *self._release(seq, final=True))
+        left = params.max_tokens - seq.num_output_tokens
+        if params.budget_close and left <= 2 * len(constraint.closing or ()) + CLOSE_WINDOW:
+            closing = constraint.close(left, guard.in_string)
+            if closing is None or (left == 0 and closing):
+                return self._close(seq)  # this token leaves no room to close: close before it
+            constraint.keep_closing(closing)
+        if left <= 0:
+            return self._finish(seq, "length", *self._release(seq, final=True))
+        text, tokens, lps = self._release(seq)
+        if seq.detokenizer.stop_reason is not None:
+            return self._finish(seq, "stop", text, tokens, lps)
+        return self._output(seq, text, tokens, lps)
+
+    def _close(self, seq: Sequence) -> RequestOutput:
+        """End a structured answer at its budget: its last token taken back, the close found before it added
+        (those tokens were never sampled: no logprobs). None found: the answer ends as it is."""
+        constraint, guard = seq.constraint, seq.guard
+        constraint.rollback(1)
+        guard.rollback(1)
+        seq.output_token_ids.pop()
+        seq.held_logprobs.pop()
+        if constraint.closing_at != constraint.num_tokens:  # found at another point: look again
+            left = seq.params.max_tokens - seq.num_output_tokens
+            constraint.keep_closing(constraint.close(left, guard.in_string))
+        if constraint.closing is None or len(constraint.closing) > seq.params.max_tokens - seq.num_output_tokens:
+            return self._finish(seq, "length", *self._release(seq, final=True))
+        for t in constraint.closing:
+            seq.output_token_ids.append(t)
+            seq.held_logprobs.append(None)
+            guard.push(t)
+        seq.closed = True
+        return self._finish(seq, "stop", *self._release(seq, final=True))
+
+    def _take_back(self, seq: Sequence, n: int) -> RequestOutput:
+        """The loop guard found a repeat: forget the last n tokens (grammar, guard, KV) and sample again where they
+        began; the guard now bans what would repeat. Nothing is streamed for this step."""
+        seq.constraint.rollback(n)
+        seq.guard.rollback(n)
+        del seq.output_token_ids[len(seq.output_token_ids) - n :]
+        del seq.held_logprobs[len(seq.held_logprobs) - n :]
+        self.scheduler.rewind(seq, seq.num_tokens - 1)  # the last kept token is decoded again for its logits
+        if seq.params.budget_close:
+            left = seq.params.max_tokens - seq.num_output_tokens
+            seq.constraint.keep_closing(seq.constraint.close(left, seq.guard.in_string))
+        return self._output(seq, "", [], [])
+
     @staticmethod
-    def _grammar_done(seq: Sequence, token: int) -> bool:
-        """Feed the token to the grammar: True when the grammar is complete, or refused it (then the output so
-        far is all the request gets; it cannot happen when the mask was applied)."""
-        return not seq.constraint.accept(token) or seq.constraint.finished
+    def _release(seq: Sequence, final: bool = False) -> tuple[str, list[int], list[TokenLogprobs]]:
+        """The text, tokens and logprobs the loop guard no longer holds (all of them when final)."""
+        tokens = seq.guard.release(final)
+        held, seq.held_logprobs = seq.held_logprobs[: len(tokens)], seq.held_logprobs[len(tokens) :]
+        text = ""
+        for t in tokens:
+            if t in seq.guard.silent:
+                continue
+            text += seq.detokenizer.push(t)
+        if final:
+            text += seq.detokenizer.flush()
+        return text, tokens, [lp for lp in held if lp is not None]
 
     def _finish(
         self, seq: Sequence, reason: str, text: str, tokens: list[int], lps: list[TokenLogprobs]
@@ -226,4 +313,5 @@ class Engine:
             lps,
             seq.finish_reason,
             queue_time,
+            seq.closed,
         )

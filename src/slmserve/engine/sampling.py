@@ -5,9 +5,12 @@ Backend-free on purpose (numpy only): the llama.cpp and PyTorch runners both han
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from slmserve.engine.dry import DEFAULT_BREAKERS, MAX_BREAKER_BYTES, MAX_BREAKERS, Breakers, apply_dry
 
 # With top_p < 1, the nucleus is first looked for among this many best tokens; a full sort only when they
 # hold less than top_p of the mass. Sorting all 49k logits for every sequence would cost more than the decode.
@@ -16,6 +19,9 @@ _NUCLEUS_CANDIDATES = 1024
 # Temperatures below this sample as argmax: logits / 1e-300 overflow to inf and the softmax turns to NaN.
 GREEDY_BELOW = 1e-5
 _F32 = np.finfo(np.float32)
+
+# The SamplingParams fields a server setting of the same name gives a default (Serving.build_params).
+DRY_FIELDS = ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers")
 
 
 @dataclass
@@ -37,6 +43,16 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k: the chosen token's logprob and the k most likely
     grammar: str | None = None  # an llguidance grammar (engine/structured.py) the output must match
+    # With a grammar (engine/loop_guard.py): repeats taken back, and an answer that runs into max_tokens closed.
+    loop_guard: bool = True
+    budget_close: bool = True
+    answered_calls: list[str] = field(default_factory=list)  # tool calls already answered (loop_guard.call_key)
+    # DRY (engine/dry.py), llama.cpp's names and defaults: multiplier 0 is off.
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1  # -1: the whole context (prompt and output); 0: off
+    dry_sequence_breakers: list[str] = field(default_factory=lambda: list(DEFAULT_BREAKERS))
 
     def __post_init__(self) -> None:
         checks = [
@@ -50,10 +66,32 @@ class SamplingParams:
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
             (all(s for s in self.stop), "stop strings must not be empty"),
+            *self._dry_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def _dry_checks(self) -> list[tuple[bool, str]]:
+        """llama.cpp's rules, stricter where it would quietly do something else: a negative multiplier (it would
+        reward repeats) and a base below 1 (its server swaps in 1.75) are refused, as is a breaker it would cut."""
+        breakers = self.dry_sequence_breakers
+        return [
+            (math.isfinite(self.dry_multiplier) and self.dry_multiplier >= 0, "dry_multiplier must be >= 0 (0: off)"),
+            (math.isfinite(self.dry_base) and self.dry_base >= 1, "dry_base must be >= 1"),
+            (self.dry_allowed_length >= 0, "dry_allowed_length must be >= 0"),
+            (self.dry_penalty_last_n >= -1, "dry_penalty_last_n must be >= -1 (-1: the whole context, 0: off)"),
+            (len(breakers) <= MAX_BREAKERS, f"dry_sequence_breakers may hold at most {MAX_BREAKERS} strings"),
+            (
+                all(isinstance(b, str) and 0 < len(b.encode("utf-8")) <= MAX_BREAKER_BYTES for b in breakers),
+                f"each of dry_sequence_breakers must be a non-empty string of at most {MAX_BREAKER_BYTES} bytes",
+            ),
+        ]
+
+    @property
+    def dry_on(self) -> bool:
+        """DRY changes logits: a positive multiplier and a window (llama.cpp's test, base >= 1 being checked)."""
+        return self.dry_multiplier > 0 and self.dry_penalty_last_n != 0
 
     @property
     def greedy(self) -> bool:
@@ -63,7 +101,7 @@ class SamplingParams:
     @property
     def needs_history(self) -> bool:
         """True when the sampler must see the tokens generated so far."""
-        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0 or self.dry_on
 
 
 @dataclass
@@ -132,17 +170,21 @@ def sample(
     prompt_ids: list[int],
     output_ids: list[int],
     allowed: np.ndarray | None = None,
+    breakers: Breakers | None = None,
 ) -> tuple[int, TokenLogprobs | None]:
     """Choose the next token from one row of logits [V]. temperature 0 is argmax; raw_logits is not modified.
 
-    allowed [V] bool, from a grammar, rules the other tokens out before any other processing. Logprobs are
-    the model's own, from raw_logits.
+    allowed [V] bool, from a grammar, rules the other tokens out before any other processing. breakers: DRY's
+    sequence breakers compiled for this vocabulary (dry.breakers_for); None, none. Logprobs are the model's
+    own, from raw_logits.
     """
     logits = raw_logits
     if allowed is not None:
         logits = np.where(allowed, raw_logits, np.float32(-np.inf))
     if params.logit_bias or params.needs_history:
         logits = apply_penalties(logits.astype(np.float32, copy=allowed is None), params, prompt_ids, output_ids)
+        if params.dry_on:  # after the penalties, as in llama.cpp's default chain
+            apply_dry(logits, params, prompt_ids, output_ids, breakers)
     if params.greedy:
         token = int(np.argmax(logits))
     else:

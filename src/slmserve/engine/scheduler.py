@@ -75,6 +75,7 @@ class Scheduler:
         self._free_slots = list(range(max_running))  # the most recently freed last
         self._cache: dict[int, list[int]] = {}  # free slot -> the tokens whose KV it still holds
         self._cache_adapter: dict[int, str | None] = {}  # free slot -> the LoRA adapter that KV was computed with
+        self._trims: list[Trim] = []  # KV to forget before the next step: tokens a sequence took back
 
     @property
     def has_work(self) -> bool:
@@ -106,8 +107,16 @@ class Scheduler:
         seq.slot = None
         seq.status = Status.FINISHED
 
+    def rewind(self, seq: Sequence, keep: int) -> None:
+        """The sequence's tokens from position `keep` on are to be computed again (it took some back): its KV
+        from there is forgotten before the next step."""
+        if seq.slot is not None and seq.num_computed > keep:
+            seq.num_computed = keep
+            self._trims.append(Trim(seq.slot, keep))
+
     def schedule(self) -> Batch:
-        batch = Batch()
+        batch = Batch(kv_ops=self._trims)
+        self._trims = []
         budget, kv_free = self.token_budget, self.kv_capacity - self.kv_used
         decoding = [s for s in self.running if not s.is_prefilling]
         kv_free += self._evict(len(decoding) - kv_free, batch)

@@ -13,6 +13,9 @@ from slmserve.engine.detokenizer import Detokenizer
 from slmserve.engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
+    from slmserve.engine.dry import Breakers
+    from slmserve.engine.loop_guard import LoopGuard
+    from slmserve.engine.sampling import TokenLogprobs
     from slmserve.engine.structured import Constraint
 
 
@@ -33,6 +36,10 @@ class Sequence:
     rng: np.random.Generator
     adapter: str | None = None  # the LoRA adapter this request runs with (torch engine); None: the base model
     constraint: Constraint | None = None  # the grammar its output must match (params.grammar, compiled)
+    dry_breakers: Breakers | None = None  # DRY's sequence breakers in this vocabulary's tokens (params.dry_on)
+    guard: LoopGuard | None = None  # with a constraint: holds and takes back repeats, tells the close the JSON state
+    held_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # of the tokens the guard holds
+    closed: bool = False  # the answer ran into max_tokens and was closed so it parses
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0

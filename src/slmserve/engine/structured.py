@@ -15,6 +15,8 @@ import llguidance as llg
 import llguidance.numpy as llg_np
 import numpy as np
 
+from slmserve.engine.loop_guard import GuardVocab
+
 # Compact JSON with one space after separators, as json.dumps writes it: a form small models have seen often,
 # and one with no free whitespace, which they loop on (vLLM #38696, Ollama #2577). A schema's "x-guidance" key
 # may ask for another form.
@@ -92,6 +94,8 @@ class Grammars:
         self._tokenizer = tokenizer
         self.vocab_size = vocab_size or tokenizer.vocab_size
         self._lltokenizer: llg.LLTokenizer | None = None
+        self._closer: Closer | None = None
+        self._guard_vocab: GuardVocab | None = None
         self._lock = threading.Lock()
         self._limits = llg.LLParserLimits(**LIMITS)
 
@@ -105,23 +109,120 @@ class Grammars:
                 self._lltokenizer = llg.LLTokenizer(wrapper, n_vocab=self.vocab_size, eos_token=eos)
             return self._lltokenizer
 
+    @property
+    def guard_vocab(self) -> GuardVocab:
+        with self._lock:  # ~50 ms for a 49k vocabulary, on the first structured request
+            if self._guard_vocab is None:
+                self._guard_vocab = GuardVocab(self._tokenizer.token_bytes, self.vocab_size, self._tokenizer.vocab_size)
+            return self._guard_vocab
+
+    @property
+    def closer(self) -> Closer:
+        with self._lock:
+            if self._closer is None:
+                self._closer = Closer(self._tokenizer, self.vocab_size)
+            return self._closer
+
     def matcher(self, grammar: str) -> Constraint:
-        """A fresh matcher for one request. Raises GrammarError naming the problem."""
+        """A fresh matcher for one request, with its shortest close from the start (the smallest answer).
+        Raises GrammarError naming the problem."""
         matcher = llg.LLMatcher(self.lltokenizer, grammar, log_level=0, limits=self._limits)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
-        return Constraint(matcher)
+        constraint = Constraint(matcher, self.closer)
+        constraint.keep_closing(constraint.close(MAX_CLOSE, in_string=False))
+        return constraint
+
+
+# The longest close looked for; a grammar whose answers cannot be closed within it gets no budget close.
+MAX_CLOSE = 256
+
+# What closes an answer, tried in this order at each point: inside a string, its end (with the brackets after
+# it); elsewhere the brackets, then a separator (for the next required field, whose key the grammar then forces;
+# before values, or a number would grow a digit at a time), then the smallest values.
+_IN_STRING = ['"}]', '"]}', '"}}', '"]]', '"}', '"]', '"']
+_OUTSIDE = [
+    *("]}", "}]", "}}", "]]", "}", "]", ", ", ","),
+    *(" 0", "0", ' ""', '""', " []", "[]", " {}", "{}", " false", "false", " null", "null", " true", "true"),
+    *(' "', '"', " [", "[", " {", "{"),
+]
+
+
+class Closer:
+    """The tokens that close JSON, in the order to try them: those of the candidates that are one token."""
+
+    def __init__(self, tokenizer, vocab_size: int) -> None:
+        def single(texts: list[str]) -> list[int]:
+            ids = [tokenizer.encode(t, add_special=False, special=False) for t in texts]
+            return [i[0] for i in ids if len(i) == 1]
+
+        self.in_string = single(_IN_STRING)
+        self.outside = single(_OUTSIDE)
+        self.token_bytes = tokenizer.token_bytes
+        self.vocab_size = vocab_size
+
+
+def _string_state(in_string: bool, escape: bool, piece: bytes) -> tuple[bool, bool]:
+    """Whether JSON text is inside a string (and after a backslash) once these bytes are added."""
+    for b in piece:
+        if in_string:
+            escape, in_string = (False, True) if escape else (b == 0x5C, b != 0x22)
+        elif b == 0x22:
+            in_string = True
+    return in_string, escape
 
 
 class Constraint:
-    """One request's grammar state: which tokens may come next, and the tokens it has taken."""
+    """One request's grammar state: which tokens may come next, and the tokens it has taken.
 
-    def __init__(self, matcher: llg.LLMatcher) -> None:
+    `closing` holds the shortest close found from the current state (None: none within reach): the engine
+    keeps it up to date near the end of a budget, so an answer that runs into max_tokens ends valid.
+    """
+
+    def __init__(self, matcher: llg.LLMatcher, closer: Closer | None = None) -> None:
         self.matcher = matcher
+        self.closer = closer
+        self.num_tokens = 0  # tokens taken so far
+        self.closing: list[int] | None = None
+        self.closing_at = -1  # num_tokens when `closing` was found
+
+    def keep_closing(self, closing: list[int] | None) -> None:
+        self.closing, self.closing_at = closing, self.num_tokens
+
+    def close(self, limit: int, in_string: bool) -> list[int] | None:
+        """The tokens that complete the answer from here, shortest first by a greedy walk (brackets before
+        values before separators; what the grammar forces as it comes), or None when it takes over `limit`."""
+        m, out, escape = self.matcher.deep_copy(), [], False
+        while not m.is_accepting():
+            if len(out) >= limit or m.is_error():
+                return None
+            forced = m.compute_ff_tokens()
+            if forced:
+                m.consume_tokens(forced)
+                picked = forced
+            else:
+                order = self.closer.in_string if in_string else self.closer.outside
+                picked = next(([t] for t in order if m.try_consume_tokens([t]) == 1), None)
+                if picked is None:
+                    picked = [_first_allowed(m, self.closer.vocab_size)]
+                    if picked[0] < 0 or not m.consume_token(picked[0]):
+                        return None
+            out.extend(picked)
+            for t in picked:
+                in_string, escape = _string_state(in_string, escape, self.closer.token_bytes(t))
+        return out if len(out) <= limit else None
+
+    def rollback(self, n: int) -> None:
+        """Take back the last n tokens the grammar accepted."""
+        if n and not self.matcher.rollback(n):
+            raise RuntimeError(f"the grammar could not take back {n} tokens: {self.matcher.get_error()}")
+        self.num_tokens -= n
 
     def accept(self, token: int) -> bool:
         """Advance past a sampled token; False if the grammar refused it (the matcher is then in error)."""
-        return self.matcher.consume_token(token)
+        ok = self.matcher.consume_token(token)
+        self.num_tokens += ok
+        return ok
 
     @property
     def finished(self) -> bool:
@@ -156,6 +257,15 @@ class MaskFiller:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def _first_allowed(matcher: llg.LLMatcher, vocab_size: int) -> int:
+    """The lowest token id the grammar allows next (short pieces come first in BPE vocabularies); -1 if none."""
+    bitmask = llg_np.allocate_token_bitmask(1, vocab_size)
+    llg_np.fill_next_token_bitmask(matcher, bitmask)
+    bits = np.unpackbits(bitmask[0].view(np.uint8), bitorder="little")
+    hits = np.flatnonzero(bits)
+    return int(hits[0]) if len(hits) else -1
 
 
 def allowed_tokens(bitmask_row: np.ndarray, vocab_size: int) -> np.ndarray:

@@ -49,8 +49,9 @@ class EngineClient(Protocol):
         """Mean-pooled, L2-normalized embeddings [N, hidden] of the inputs, in order."""
         ...
 
-    async def check_grammar(self, grammar: str) -> None:
-        """Compile a grammar against the model's vocabulary; GrammarError naming the problem."""
+    async def check_grammar(self, grammar: str) -> int | None:
+        """Compile a grammar against the model's vocabulary; the tokens of its shortest answer (None: none found
+        within reach), or GrammarError naming the problem."""
         ...
 
     async def load_adapter(self, name: str, path: str) -> None:

@@ -120,6 +120,15 @@ def invalid_grammar(reason: str, param: str = "response_format") -> APIError:
     return APIError(400, f"{param} cannot be followed: {reason}", param=param, code="invalid_grammar")
 
 
+def budget_too_small(max_tokens: int, smallest: int, param: str) -> APIError:
+    """A max_tokens below the structured answer's smallest valid one: no answer could end valid."""
+    message = (
+        f"max_tokens ({max_tokens}) is too small for this {param}: its smallest valid answer takes {smallest} "
+        f"tokens. Raise max_tokens to at least {smallest}."
+    )
+    return APIError(400, message, param="max_tokens", code="max_tokens_too_small")
+
+
 def blocked_content() -> APIError:
     return APIError(400, content_filter.REFUSAL, code="content_filter")
 

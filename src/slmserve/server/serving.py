@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from slmserve.engine.engine import RequestOutput
 from slmserve.engine.loader import LoadedModel
-from slmserve.engine.sampling import SamplingParams, TokenLogprobs
+from slmserve.engine.sampling import DRY_FIELDS, SamplingParams, TokenLogprobs
 from slmserve.engine.structured import GrammarError, grammar_from
 from slmserve.models.chat_template import chat_prompt_ids, text_of
 from slmserve.models.special_text import SpecialTextError
@@ -26,11 +26,25 @@ from slmserve.server.metrics import Metrics
 from slmserve.server.protocol import openai as oa
 from slmserve.server.request_context import current_record
 from slmserve.server.streams import merge
-from slmserve.server.tools import ToolUse
+from slmserve.server.tools import NO_CALLS, ToolUse
 from slmserve.settings import Settings
+
+NO_CALLS_GRAMMAR = grammar_from("lark", NO_CALLS)
 
 # A grammar that takes longer than this to check is refused (llguidance's fuel limits bound it as well).
 GRAMMAR_CHECK_SECONDS = 2.0
+
+
+@dataclass
+class Structure:
+    """What a structured answer must follow: the grammar, the request field that asked for it, the tokens of its
+    smallest answer (None: unknown), whether the loop guard watches it (JSON), and the calls already answered."""
+
+    grammar: str
+    param: str
+    smallest: int | None = None
+    guarded: bool = True
+    answered_calls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -42,12 +56,14 @@ class Choice:
     num_tokens: int = 0
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     finish_reason: str | None = None
+    closed: bool = False  # closed at max_tokens so it parses
 
     def add(self, out: RequestOutput) -> None:
         self.text += out.text
         self.num_tokens = out.num_output_tokens
         self.logprobs.extend(out.logprobs)
         self.finish_reason = out.finish_reason
+        self.closed = out.closed
 
 
 class Serving:
@@ -99,16 +115,17 @@ class Serving:
         raise errors.model_not_found(name, [self.model.name, *self.model.adapters])
 
     def sampling_params(
-        self, req: oa.SamplingFields, prompt_len: int, logprobs: int | None, grammar: str | None = None
+        self, req: oa.SamplingFields, prompt_len: int, logprobs: int | None, structure: Structure | None = None
     ) -> SamplingParams:
-        """An OpenAI request's sampling fields, checked; raises APIError (400) naming the problem."""
+        """An OpenAI request's sampling fields, checked; raises APIError (400) naming the problem, or a max_tokens
+        too small for the structure's smallest answer (when the budget close is on)."""
         try:
             bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
         except ValueError as exc:
             raise errors.APIError(400, "logit_bias keys must be token ids", param="logit_bias") from exc
         if any(not 0 <= k < self.model.tokenizer.vocab_size for k in bias):
             raise errors.APIError(400, "logit_bias names a token id outside the vocabulary", param="logit_bias")
-        return self.build_params(
+        params = self.build_params(
             prompt_len,
             req.max_tokens,
             temperature=req.temperature,
@@ -123,11 +140,21 @@ class Serving:
             stop=req.stop_list,
             ignore_eos=req.ignore_eos,
             logprobs=logprobs,
-            grammar=grammar,
+            grammar=structure.grammar if structure else None,
+            loop_guard=req.loop_guard and structure is not None and structure.guarded,
+            budget_close=req.budget_close,
+            **req.dry_params(),
         )
+        if structure is None:
+            return params
+        if params.budget_close and structure.smallest is not None and params.max_tokens < structure.smallest:
+            raise errors.budget_too_small(params.max_tokens, structure.smallest, structure.param)
+        params.answered_calls = structure.answered_calls
+        return params
 
     def build_params(self, prompt_len: int, max_tokens: int | None, **fields) -> SamplingParams:
-        """SamplingParams for a prompt of prompt_len tokens; None max_tokens means the rest of the context.
+        """SamplingParams for a prompt of prompt_len tokens; None max_tokens means the rest of the context. DRY
+        fields not given (or None) take the server's settings.
 
         Raises APIError(400): context_length_exceeded when prompt + max_tokens does not fit, or a bad value.
         """
@@ -135,16 +162,24 @@ class Serving:
         max_tokens = max_tokens if max_tokens is not None else limit - prompt_len
         if prompt_len >= limit or prompt_len + max_tokens > limit:
             raise errors.context_too_long(prompt_len, max_tokens, limit)
+        for name in DRY_FIELDS:
+            if fields.get(name) is None:
+                fields[name] = getattr(self.settings, name)
         try:
             return SamplingParams(max_tokens=max_tokens, **fields)
         except ValueError as exc:
             raise errors.APIError(400, str(exc)) from exc
 
-    async def grammar(self, fmt: oa.ResponseFormat | None, tool_use: ToolUse | None = None) -> str | None:
+    async def structure(
+        self, fmt: oa.ResponseFormat | None, tool_use: ToolUse | None = None, history_calls: bool = False
+    ) -> Structure | None:
         """The grammar the tools or the response_format ask for (None: free text); 400 naming the problem when it
-        does not compile, before the request is admitted."""
+        does not compile, before the request is admitted. history_calls: the conversation holds tool calls but
+        this request offers none, so the answer may not write a call's tags."""
         if tool_use is None and (fmt is None or fmt.type == "text"):
-            return None
+            if not history_calls:
+                return None
+            return Structure(NO_CALLS_GRAMMAR, "messages", guarded=False)
         param = "tools" if tool_use else "response_format"
         try:
             if tool_use:
@@ -154,13 +189,16 @@ class Serving:
                 grammar = grammar_from(fmt.type, value)
             # Compiled here against the model's vocabulary (some faults, minimum > maximum, show only then), so the
             # answer is a 400 before any stream starts; the engine compiles each choice's own matcher (~1 ms).
-            await asyncio.wait_for(self.engine.check_grammar(grammar), GRAMMAR_CHECK_SECONDS)
+            smallest = await asyncio.wait_for(self.engine.check_grammar(grammar), GRAMMAR_CHECK_SECONDS)
         except GrammarError as exc:
             raise errors.invalid_grammar(str(exc), param) from exc
         except asyncio.TimeoutError as exc:
             reason = f"it took over {GRAMMAR_CHECK_SECONDS:g} s to compile; simplify it"
             raise errors.invalid_grammar(reason, param) from exc
-        return grammar
+        # The loop guard reads JSON: not a regex's or a Lark grammar's text.
+        guarded = tool_use is not None or fmt.type in ("json_schema", "json_object")
+        answered = tool_use.answered if tool_use is not None and tool_use.choice == "auto" else []
+        return Structure(grammar, param, smallest, guarded, answered)
 
     def admit(self, n: int) -> None:
         """Refuse up front when n more sequences would overflow the waiting queue: a 429 to retry later, or a 400

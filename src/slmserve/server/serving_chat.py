@@ -16,10 +16,13 @@ async def create_chat_completion(
     adapter = serving.check_model(req.model)
     name = adapter or serving.model.name
     tool_use = ToolUse.of(req)
-    messages = render_history([m.model_dump(exclude_none=True) for m in req.messages])
+    raw = [m.model_dump(exclude_none=True) for m in req.messages]
+    messages = render_history(raw)
     prompt_ids = await serving.chat_prompt_ids(*chat_messages(serving, messages, tool_use))
     top = (req.top_logprobs or 0) if req.logprobs else None
-    params = serving.sampling_params(req, len(prompt_ids), top, await serving.grammar(req.response_format, tool_use))
+    history_calls = any(m.get("tool_calls") for m in raw)
+    structure = await serving.structure(req.response_format, tool_use, history_calls)
+    params = serving.sampling_params(req, len(prompt_ids), top, structure)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         stream = await primed(serving.stream_choices(prompt_ids, params, req.n, adapter))
@@ -51,6 +54,7 @@ def _choice(serving: Serving, c: Choice, tool_use: ToolUse | None, logprobs: boo
         message=oa.AssistantMessage(content=content, tool_calls=calls or None),
         logprobs=serving.chat_logprobs(c.logprobs) if logprobs else None,
         finish_reason="tool_calls" if calls else c.finish_reason,
+        closed_at_budget=c.closed,
     )
 
 
@@ -58,16 +62,18 @@ async def _chunks(
     serving: Serving, stream, model: str, prompt_tokens: int, n: int, include_usage: bool, tool_use: ToolUse | None
 ) -> AsyncIterator[oa.ChatCompletionChunk]:
     head = oa.ChatCompletionChunk(id=oa._id("chatcmpl"), created=now(), model=model, choices=[])
+    choices = [Choice(i) for i in range(n)]
 
     def chunk(i: int, delta: oa.DeltaMessage, out=None, finish_reason: str | None = None) -> oa.ChatCompletionChunk:
         lps = serving.chat_logprobs(out.logprobs) if out is not None else None
-        return head.model_copy(
-            update={"choices": [oa.ChatChunkChoice(index=i, delta=delta, logprobs=lps, finish_reason=finish_reason)]}
+        closed = choices[i].closed if finish_reason else None
+        one = oa.ChatChunkChoice(
+            index=i, delta=delta, logprobs=lps, finish_reason=finish_reason, closed_at_budget=closed
         )
+        return head.model_copy(update={"choices": [one]})
 
     for i in range(n):
         yield chunk(i, oa.DeltaMessage(role="assistant", content=""))
-    choices = [Choice(i) for i in range(n)]
     # An answer of tool calls streams as calls: True for those; None while an "auto" answer has not shown its
     # first character (a call begins with "<", which the grammar denies plain text).
     calls: list[bool | None] = [None if tool_use and tool_use.choice == "auto" else tool_use is not None] * n

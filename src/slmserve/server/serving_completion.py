@@ -41,8 +41,8 @@ async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.C
     serving.admit(len(prompt_list) * req.n)  # before any tokenizing: it may ask for more than the queue ever holds
     # Characters of text, or token ids to check: a long list of either is worked through off the event loop.
     prompts = await off_loop(sum(map(len, prompt_list)), lambda: _token_ids(serving, prompt_list))
-    grammar = await serving.grammar(req.response_format)
-    params = [serving.sampling_params(req, len(ids), req.logprobs, grammar) for ids in prompts]
+    structure = await serving.structure(req.response_format)
+    params = [serving.sampling_params(req, len(ids), req.logprobs, structure) for ids in prompts]
     echo = [serving.model.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -62,6 +62,7 @@ async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.C
                     text=echo[k] + c.text,
                     logprobs=serving.completion_logprobs(c.logprobs, len(echo[k])),
                     finish_reason=c.finish_reason,
+                    closed_at_budget=c.closed,
                 )
             )
         all_choices.extend(group)
@@ -85,6 +86,7 @@ async def _chunks(serving: Serving, req, adapter, prompts, stream, echo, include
                 text=out.text,
                 logprobs=serving.completion_logprobs(out.logprobs, 0),
                 finish_reason=out.finish_reason,
+                closed_at_budget=out.closed if out.finished else None,
             )
             yield head.model_copy(update={"choices": [choice]})
     if include_usage:

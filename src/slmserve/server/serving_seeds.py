@@ -29,7 +29,13 @@ async def answer(serving: Serving, req: sd.InferRequest) -> tuple[Choice, int]:
     adapter = serving.check_model(req.model)
     ids = await serving.chat_prompt_ids(seed_messages(req.system_prompt, req.user_prompt))
     params = serving.build_params(
-        len(ids), req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed
+        len(ids),
+        req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        seed=req.seed,
+        **req.dry_params(),
     )
     choice = (await serving.collect(ids, params, 1, adapter))[0]
     return choice, len(ids)
@@ -77,7 +83,7 @@ async def generate(serving: Serving, req: sd.GenerateRequest) -> sd.GenerateResp
     start = time.perf_counter()
     params = serving.build_params(
         len(ids), max_length - len(ids), temperature=temperature if req.do_sample else 0.0, top_k=req.top_k,
-        top_p=req.top_p,
+        top_p=req.top_p, **req.dry_params(),
     )  # fmt: skip
     choice = (await serving.collect(ids, params, 1, adapter))[0]
     return sd.GenerateResponse(
@@ -105,7 +111,7 @@ async def generate(serving: Serving, req: sd.GenerateRequest) -> sd.GenerateResp
 def slm_params(serving: Serving, req: sd.SlmGenerateRequest, prompt_len: int):
     temperature = req.temperature if req.do_sample else 0.0
     return serving.build_params(
-        prompt_len, req.max_new_tokens, temperature=temperature, top_p=req.top_p, top_k=req.top_k
+        prompt_len, req.max_new_tokens, temperature=temperature, top_p=req.top_p, top_k=req.top_k, **req.dry_params()
     )
 
 

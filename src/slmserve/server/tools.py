@@ -4,8 +4,10 @@ The model writes each call as `<tool_call>{"name": ..., "arguments": {...}}</too
 form, which templates that take `tools` ask for too). A model whose chat template takes `tools` gets them
 through it; any other model gets them in a system prompt (TOOLS_PROMPT). The grammar enforces the form:
 `required` and a named function allow only calls, each call's arguments valid against that tool's parameters;
-`auto` allows a call or a plain answer (which then cannot begin with "<"); `none` leaves the model free and
-keeps tools out of the prompt. With parallel_tool_calls an answer holds at most one call per tool given.
+`auto` allows a call or a plain answer (which then cannot begin with "<"); `none` keeps tools out of the prompt.
+With parallel_tool_calls an answer holds at most one call per tool given: the engine's loop guard takes back a
+second call of a tool, and the calls end there. With `auto`, a call identical to one the conversation already
+holds a result for is taken back the same way, and the model answers in text (`answered_calls`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from slmserve.engine.loop_guard import call_key
 from slmserve.engine.structured import JSON_OPTIONS, closed_objects, grammar_from
 from slmserve.models.chat_template import text_of
 from slmserve.server import errors
@@ -31,6 +34,13 @@ To call a function, answer with one <tool_call></tool_call> block per call, each
 <tool_call>
 {{"name": "function_name", "arguments": {{"arg": "value"}}}}
 </tool_call>"""
+
+
+# A plain answer beside calls: it cannot begin with "<" (a call does) nor hold a call's tag anywhere (a small model
+# that may not call writes the tags into its text, `You can call the <tool_call><tool_call>...`).
+TEXT = "/[^<](?s:.)*/ & ~/(?s:.*)<tool_call>(?s:.*)/"
+# An answer with no tools when the history holds calls: a small model copies their blocks into its text.
+NO_CALLS = f"start: TEXT\nTEXT: ~/(?s:.*){OPEN}(?s:.*)/\n"
 
 
 def _call_schema(tool: oa.Tool) -> dict[str, Any]:
@@ -53,6 +63,7 @@ class ToolUse:
     choice: str  # "auto", "required" or a function's name
     parallel: bool
     answer: dict[str, Any] | None = None  # with "auto": the JSON schema a plain answer must follow (response_format)
+    answered: list[str] = field(default_factory=list)  # the history's calls that have results (answered_calls)
 
     @classmethod
     def of(cls, req: oa.ChatCompletionRequest) -> ToolUse | None:
@@ -74,16 +85,17 @@ class ToolUse:
         elif fmt is not None and fmt.type != "text":
             message = "with tools, response_format may be text, json_object or json_schema"
             raise errors.APIError(400, message, param="response_format")
-        return cls(req.tools, choice or "auto", req.parallel_tool_calls, answer)
+        history = [m.model_dump(exclude_none=True) for m in req.messages]
+        return cls(req.tools, choice or "auto", req.parallel_tool_calls, answer, answered_calls(history))
 
     def grammar(self) -> str:
         """A Lark grammar (llguidance) for this request's answer."""
         tools = [t for t in self.tools if self.choice in ("auto", "required", t.function.name)]
         schema = {"anyOf": [_call_schema(t) for t in tools]} if len(tools) > 1 else _call_schema(tools[0])
         call = f'"{OPEN}\\n" %json {json.dumps(schema)} "\\n{CLOSE}"'
-        # Parallel calls: at most one per tool given. A small model, once it has called, goes on calling (the same
-        # function, other arguments) to max_tokens if the grammar lets it. A newline may end the calls: the model
-        # writes one after a call by habit, and must not be made to begin another call with it.
+        # Parallel calls: as many as tools given; the loop guard takes back a second call of the same tool (a
+        # small model, once it has called, goes on calling the same function to max_tokens). A newline may end
+        # the calls: the model writes one after a call by habit, and must not be made to begin another with it.
         more = len(tools) - 1 if self.parallel else 0
         calls = f'call ("\\n" call){{0,{more}}} "\\n"?' if more else 'call "\\n"?'
         if self.choice != "auto":
@@ -92,7 +104,7 @@ class ToolUse:
             answer = {**closed_objects(self.answer), "x-guidance": JSON_OPTIONS}
             start = f"start: {calls} | answer\nanswer: %json {json.dumps(answer)}"
         else:
-            start = f"start: {calls} | TEXT\nTEXT: /[^<](?s:.)*/"
+            start = f"start: {calls} | TEXT\nTEXT: {TEXT}"
         return grammar_from("lark", f"{start}\ncall: {call}\n")
 
     def prompt_messages(self, messages: list[dict[str, Any]], template_takes_tools: bool) -> list[dict[str, Any]]:
@@ -108,7 +120,8 @@ class ToolUse:
 
     @staticmethod
     def parse(text: str) -> tuple[str | None, list[oa.ToolCall]]:
-        """The model's text -> (content, tool calls). Text that is not wholly calls is content."""
+        """The model's text -> (content, tool calls). Text that is not calls is content; after complete calls, an
+        unfinished one (cut by max_tokens with the budget close off) is dropped and the complete ones kept."""
         calls, rest = [], text.strip()
         while rest.startswith(OPEN):
             body, sep, rest = rest[len(OPEN) :].partition(CLOSE)
@@ -116,9 +129,9 @@ class ToolUse:
                 call = json.loads(body)
                 name, arguments = call["name"], call["arguments"]
             except (ValueError, KeyError, TypeError):
-                return text, []
+                return (None, calls) if calls else (text, [])
             if not sep:
-                return text, []
+                return (None, calls) if calls else (text, [])
             fn = oa.FunctionCall(name=name, arguments=json.dumps(arguments, ensure_ascii=False))
             calls.append(oa.ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", function=fn))
             rest = rest.lstrip()
@@ -188,6 +201,30 @@ class CallStream:
                 if self._depth == 0:
                     return True
         return False
+
+
+def answered_calls(messages: list[dict[str, Any]]) -> list[str]:
+    """The calls of the history that a tool message answers (by tool_call_id; a tool message without one answers
+    the calls of the assistant message before it), each in loop_guard.call_key's form."""
+    calls: dict[str, str] = {}  # call id -> key
+    last: list[str] = []  # the ids of the latest assistant message's calls
+    answered: list[str] = []
+    for m in messages:
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            last = []
+            for i, call in enumerate(m["tool_calls"]):
+                fn = call.get("function") or {}
+                try:
+                    arguments = json.loads(fn.get("arguments") or "{}")
+                except ValueError:
+                    continue
+                call_id = call.get("id") or f"#{len(calls)}-{i}"
+                calls[call_id] = call_key(fn.get("name"), arguments)
+                last.append(call_id)
+        elif m.get("role") == "tool":
+            ids = [m["tool_call_id"]] if m.get("tool_call_id") in calls else last
+            answered += [calls[i] for i in ids if calls[i] not in answered]
+    return answered
 
 
 def render_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from slmserve.engine import dry
 from slmserve.server.protocol import limits
 
 # Generous, but keeps a typo like 1e12 from being accepted and then failing later.
@@ -46,7 +47,26 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class SamplingFields(BaseModel):
+class DryFields(BaseModel):
+    """DRY, llama.cpp's repetition sampler, by its names; a field left out takes the server's default (--dry-*)."""
+
+    # The penalty's scale: 0 is off; 0.8 is llama.cpp's suggested value.
+    dry_multiplier: float | None = Field(None, ge=0)
+    # How fast the penalty grows with each token the repeat is longer.
+    dry_base: float | None = Field(None, ge=1)
+    # Repeats this long go unpenalized.
+    dry_allowed_length: int | None = Field(None, ge=0)
+    # Tokens of the context looked back over: -1 all (prompt and output), 0 none (off).
+    dry_penalty_last_n: int | None = Field(None, ge=-1)
+    # Text that ends a repeat: a match never reaches back across one.
+    dry_sequence_breakers: Annotated[list[str] | None, Field(min_length=1, max_length=dry.MAX_BREAKERS)] = None
+
+    def dry_params(self) -> dict[str, Any]:
+        """The DRY fields as SamplingParams' keywords (None: the server's default, filled in by Serving)."""
+        return {name: getattr(self, name) for name in DryFields.model_fields}
+
+
+class SamplingFields(DryFields):
     """Fields shared by chat and text completions."""
 
     model_config = ConfigDict(extra="ignore")
@@ -70,6 +90,10 @@ class SamplingFields(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0, le=10)
     ignore_eos: bool = False
     response_format: ResponseFormat | None = None
+    # With response_format or tools: a value the model keeps repeating is taken back and banned.
+    loop_guard: bool = True
+    # With response_format or tools: an answer about to run into max_tokens is closed so that it still parses.
+    budget_close: bool = True
 
     @property
     def stop_list(self) -> list[str]:
@@ -170,6 +194,8 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+    # An extra: the answer ran into max_tokens and the server closed it so it parses (finish_reason "stop").
+    closed_at_budget: bool = False
 
 
 class ChatCompletion(BaseModel):
@@ -204,6 +230,7 @@ class ChatChunkChoice(BaseModel):
     delta: DeltaMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+    closed_at_budget: bool | None = None  # on the last chunk: as in ChatChoice
 
 
 class ChatCompletionChunk(BaseModel):
@@ -227,6 +254,8 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    # An extra: the answer ran into max_tokens and the server closed it so it parses (finish_reason "stop").
+    closed_at_budget: bool | None = None  # set on the last chunk streamed
 
 
 class Completion(BaseModel):

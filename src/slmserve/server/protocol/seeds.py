@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slmserve.server.protocol import limits
-from slmserve.server.protocol.openai import Usage
+from slmserve.server.protocol.openai import DryFields, Usage
 
 
-class SamplingExtras(BaseModel):
-    """Optional sampling fields the seed endpoints accept beside their own."""
+class SamplingExtras(DryFields):
+    """Optional sampling fields the seed endpoints accept beside their own (DRY's included)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -89,8 +89,8 @@ class SlmUnloadRequest(BaseModel):
     lora_name: str | None = Field(None, min_length=1)
 
 
-class SlmGenerateRequest(BaseModel):
-    """Seed 002: POST /slm/generate and /slm/stream."""
+class SlmGenerateRequest(DryFields):
+    """Seed 002: POST /slm/generate and /slm/stream (DRY's fields too)."""
 
     prompt: str = Field(min_length=1)
     max_new_tokens: int = Field(100, ge=1, le=4096)
@@ -100,8 +100,9 @@ class SlmGenerateRequest(BaseModel):
     top_k: int = Field(0, ge=0)
 
 
-class GenerateRequest(BaseModel):
-    """Seeds 003 and 004: POST /generate. max_length counts prompt and new tokens together, as HF's pipeline does."""
+class GenerateRequest(DryFields):
+    """Seeds 003 and 004: POST /generate. max_length counts prompt and new tokens together, as HF's pipeline does.
+    DRY's fields too."""
 
     prompt: str = Field(min_length=1, max_length=500)
     max_length: int | None = Field(None, ge=10)

@@ -1,0 +1,117 @@
+"""The loop guard and the budget close (engine/loop_guard.py, structured.py) through the engine, byte tokens."""
+
+import json
+
+import numpy as np
+
+from slmserve.engine.loop_guard import GuardVocab, LoopGuard, call_key
+from slmserve.engine.sampling import SamplingParams
+from slmserve.engine.scheduler import Trim
+from slmserve.engine.structured import grammar_from
+from tests.fakes import VOCAB, ByteTokenizer, ScriptedRunner, make_engine
+
+CITY = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "population_millions": {"type": "number"},
+        "landmarks": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "population_millions", "landmarks"],
+}
+LOOP = b'{"name": "Rome", "population_millions": 2.8, "landmarks": ["Colosseum", "Forum", "Forum", "Forum", "Forum"'
+
+
+def run(script: bytes, grammar: str, **kw) -> tuple[dict, ScriptedRunner]:
+    """One greedy request whose model 'wants' to write script; its text, tokens, finish and closed flag."""
+    runner = ScriptedRunner(script)
+    engine = make_engine(runner)
+    params = SamplingParams(**({"max_tokens": 200, "temperature": 0, "grammar": grammar} | kw))
+    engine.add_request("r", [1, 2, 3], params)
+    out = {"text": "", "tokens": [], "finish": None, "closed": False, "n": 0}
+    while engine.has_work:
+        for o in engine.step():
+            out["text"] += o.text
+            out["tokens"] += o.token_ids
+            out["finish"], out["closed"], out["n"] = o.finish_reason, o.closed, o.num_output_tokens
+    return out, runner
+
+
+def test_a_repeated_list_item_is_taken_back_and_the_list_closed():
+    out, runner = run(LOOP, grammar_from("json_schema", CITY))
+    answer = json.loads(out["text"])
+    assert answer["landmarks"] == ["Colosseum", "Forum"]
+    assert out["finish"] == "stop" and not out["closed"]
+    assert out["n"] == len(out["text"].encode())  # the tokens that came out, not those taken back
+    assert any(isinstance(op, Trim) and op.keep > 3 for op in runner.kv_ops)  # the KV taken back was forgotten
+
+
+def test_without_the_guard_the_same_model_loops_to_max_tokens():
+    out, _ = run(LOOP, grammar_from("json_schema", CITY), loop_guard=False, budget_close=False, max_tokens=len(LOOP))
+    assert out["finish"] == "length"
+    assert out["text"].endswith('"Forum", "Forum", "Forum"')
+
+
+def test_a_repeated_key_of_a_free_object_is_taken_back():
+    script = b'{"city": "Rome", "city": "Rome", "city": "Rome"}'
+    out, _ = run(script, grammar_from("json_object"))
+    assert out["text"] == '{"city": "Rome"}'
+
+
+def test_the_budget_close_ends_every_small_budget_with_json_that_validates():
+    grammar = grammar_from("json_schema", CITY)
+    smallest = len('{"name": "", "population_millions": 0, "landmarks": []}')  # byte tokens: a token a character
+    closed = []
+    for max_tokens in range(smallest, smallest + 40, 3):
+        out, _ = run(LOOP, grammar, max_tokens=max_tokens)
+        answer = json.loads(out["text"])
+        assert set(answer) == set(CITY["required"]), (max_tokens, out["text"])
+        assert out["n"] <= max_tokens and out["finish"] == "stop", (max_tokens, out)
+        closed.append(out["closed"])
+    assert closed[0] and not closed[-1]  # the smallest budget was closed; the largest let the answer end itself
+
+
+def test_streamed_deltas_add_up_to_the_answer_while_text_is_held():
+    out, _ = run(LOOP, grammar_from("json_schema", CITY))
+    assert bytes(out["tokens"]).decode() == out["text"]  # every token came out once, in order
+
+
+def test_an_answered_tool_call_is_taken_back_and_the_answer_is_text():
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    grammar = grammar_from("lark", _tools_grammar())
+    answered = [call_key("get_weather", {"city": "Paris"})]
+    out, _ = run(call.encode() + b"It is sunny.", grammar, answered_calls=answered)
+    assert "<tool_call>" not in out["text"] and out["text"]
+    out, _ = run(call.encode(), grammar, answered_calls=[call_key("get_weather", {"city": "Rome"})])
+    assert out["text"] == call  # another city's answer does not forbid this call
+
+
+def _tools_grammar() -> str:
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"const": "get_weather"},
+            "arguments": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+        "required": ["name", "arguments"],
+    }
+    return (
+        f'start: call "\\n"? | TEXT\nTEXT: /[^<](?s:.)*/\n'
+        f'call: "<tool_call>\\n" %json {json.dumps(schema)} "\\n</tool_call>"\n'
+    )
+
+
+def test_ban_only_rules_out_commas_that_continue_a_frozen_list():
+    guard = LoopGuard(GuardVocab(ByteTokenizer().token_bytes, VOCAB, VOCAB))
+    for b in b'["a", "b", "b"':
+        guard.push(b)
+    back = guard.push(ord("]"))
+    assert back == len(', "b"]')
+    guard.rollback(back)
+    allowed = np.ones(VOCAB, dtype=bool)
+    guard.ban(allowed)
+    assert not allowed[ord(",")] and allowed[ord("]")]
+    guard.push(ord('"'))  # inside a new string a comma is text again
+    allowed[:] = True
+    guard.ban(allowed)
+    assert allowed[ord(",")]
