@@ -5,10 +5,11 @@ import json
 import pytest
 
 from slmserve.engine.sampling import SamplingParams
+from slmserve.engine.structured import grammar_from
 from slmserve.models.chat_template import ChatTemplate
 from slmserve.server.errors import APIError
 from slmserve.server.protocol import openai as oa
-from slmserve.server.tools import CallStream, ToolUse, answered_calls, render_history
+from slmserve.server.tools import NO_CALLS, CallStream, ToolUse, answered_calls, render_history
 from tests.fakes import ScriptedRunner, make_engine, run_all
 
 WEATHER = {
@@ -222,3 +223,10 @@ def test_answered_calls_are_those_a_tool_message_answers():
     assert answered_calls(history) == ['{"arguments":{"city":"Paris"},"name":"get_weather"}']
     no_id = [*history[:2], {"role": "tool", "content": "sunny"}]
     assert len(answered_calls(no_id)) == 2  # a result without an id answers the calls before it
+
+
+@pytest.mark.parametrize("text", ["Sunny. <tool_call>", "<tool_call>"])
+def test_text_that_may_not_call_never_writes_the_tag(text):
+    engine = make_engine(ScriptedRunner(text.encode()))
+    engine.add_request("r", [1], SamplingParams(max_tokens=40, temperature=0, grammar=grammar_from("lark", NO_CALLS)))
+    assert "<tool_call>" not in run_all(engine)["r"]

@@ -40,7 +40,7 @@ To call a function, answer with one <tool_call></tool_call> block per call, each
 # that may not call writes the tags into its text, `You can call the <tool_call><tool_call>...`).
 TEXT = "/[^<](?s:.)*/ & ~/(?s:.*)<tool_call>(?s:.*)/"
 # An answer with no tools when the history holds calls: a small model copies their blocks into its text.
-NO_CALLS = f"start: TEXT\nTEXT: ~/(?s:.*){OPEN}(?s:.*)/\n"
+NO_CALLS = f"start: TEXT\nTEXT: /(?s:.*)/ & ~/(?s:.*){OPEN}(?s:.*)/\n"  # (a bare ~ allows all: llguidance)
 
 
 def _call_schema(tool: oa.Tool) -> dict[str, Any]:
