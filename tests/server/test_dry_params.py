@@ -137,6 +137,17 @@ def test_loop_guard_and_budget_close_reach_the_engine(served):
     assert [(p.loop_guard, p.budget_close) for p in seen] == [(True, True), (False, False)]
 
 
+def test_a_guarded_answer_gets_dry_over_the_answer_alone_unless_dry_is_set(served):
+    client, seen = served()
+    json_object = {"type": "json_object"}
+    for extra in ({}, {"dry_multiplier": 0}, {"loop_guard": False}, {"response_format": None}):
+        assert chat(client, **({"response_format": json_object} | extra)).status_code == 200
+    assert [(p.dry_multiplier, p.dry_answer_only) for p in seen] == [(0.8, True), (0, False), (0, False), (0, False)]
+    client, seen = served(dry_multiplier=0.5)  # the server's own DRY wins, over the whole context
+    assert chat(client, response_format=json_object).status_code == 200
+    assert [(p.dry_multiplier, p.dry_answer_only) for p in seen] == [(0.5, False)]
+
+
 def test_dry_steers_the_scripted_loop_and_streams_the_same_text(served):
     client, _ = served()
     plain = chat(client).json()["choices"][0]["message"]["content"]

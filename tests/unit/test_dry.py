@@ -114,6 +114,8 @@ def test_penalty_last_n_limits_the_window_and_the_prompt_counts():
     assert penalties(dry(dry_penalty_last_n=len(history)), history) == pytest.approx({C: 1.0})
     assert penalties(dry(dry_penalty_last_n=len(history) - 1), history) == {}  # A B's first A left the window
     assert penalties(dry(dry_penalty_last_n=0), history) == {}
+    assert penalties(dry(dry_answer_only=True), history, split=9) == {}  # the loop guard's DRY: output only
+    assert penalties(dry(dry_answer_only=True), history, split=0) == pytest.approx({C: 1.0})
 
 
 def test_off_when_the_multiplier_is_zero():

@@ -115,3 +115,10 @@ def test_ban_only_rules_out_commas_that_continue_a_frozen_list():
     allowed[:] = True
     guard.ban(allowed)
     assert allowed[ord(",")]
+
+
+def test_a_list_that_must_go_on_is_not_closed_by_the_guard():
+    schema = {"type": "array", "items": {"type": "string"}, "minItems": 4}
+    out, _ = run(b'["a", "b", "b", "b", "b", "b"]', grammar_from("json_schema", schema), max_tokens=60)
+    answer = json.loads(out["text"])
+    assert len(answer) >= 4 and out["finish"] == "stop"  # valid: the repeat stays where the schema needs items

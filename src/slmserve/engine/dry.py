@@ -118,7 +118,10 @@ def _compile(tokenizer, vocab: _VocabText, breakers: tuple[str, ...]) -> Breaker
 
 
 def _window(params: SamplingParams, prompt_ids: list[int], output_ids: list[int]) -> list[int]:
-    """The last dry_penalty_last_n tokens of prompt + output (-1: all), newest first."""
+    """The last dry_penalty_last_n tokens of prompt + output (-1: all), newest first; of the output alone with
+    dry_answer_only (the loop guard's DRY: an answer may copy the prompt, e.g. an email address to extract)."""
+    if params.dry_answer_only:
+        prompt_ids = []
     total = len(prompt_ids) + len(output_ids)
     n = total if params.dry_penalty_last_n == -1 else min(total, params.dry_penalty_last_n)
     if n <= len(output_ids):

@@ -155,13 +155,14 @@ class LoopGuard:
                 allowed[ids] = True
                 return
             self.forced = b""  # the grammar allows none of it (e.g. minItems): the bans below only
+        banned: list[int] = []
         if self.no_calls and not self._stack:
-            allowed[self.vocab.angles] = False
-        if not self.frozen or not any(f.start in self.frozen for f in self._stack):
-            return
-        for token in self.vocab.commas[allowed[self.vocab.commas]]:
-            if self._continues_frozen(self.vocab.pieces[token]):
-                allowed[token] = False
+            banned += list(self.vocab.angles[allowed[self.vocab.angles]])
+        if self.frozen and any(f.start in self.frozen for f in self._stack):
+            commas = self.vocab.commas[allowed[self.vocab.commas]]
+            banned += [t for t in commas if self._continues_frozen(self.vocab.pieces[t])]
+        if banned and len(banned) < np.count_nonzero(allowed):  # never all: the grammar may need it (minItems)
+            allowed[banned] = False
 
     def _continues_frozen(self, piece: bytes) -> bool:
         """Whether these bytes, written next, put a comma directly in a frozen list or object."""

@@ -53,6 +53,7 @@ class SamplingParams:
     dry_allowed_length: int = 2
     dry_penalty_last_n: int = -1  # -1: the whole context (prompt and output); 0: off
     dry_sequence_breakers: list[str] = field(default_factory=lambda: list(DEFAULT_BREAKERS))
+    dry_answer_only: bool = False  # DRY looks back over the output alone, not the prompt (the loop guard's DRY)
 
     def __post_init__(self) -> None:
         checks = [

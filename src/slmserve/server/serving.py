@@ -30,6 +30,8 @@ from slmserve.server.tools import NO_CALLS, ToolUse
 from slmserve.settings import Settings
 
 NO_CALLS_GRAMMAR = grammar_from("lark", NO_CALLS)
+# The loop guard's DRY strength (llama.cpp's suggested multiplier), unless the request or the server sets DRY.
+GUARD_DRY_MULTIPLIER = 0.8
 
 # A grammar that takes longer than this to check is refused (llguidance's fuel limits bound it as well).
 GRAMMAR_CHECK_SECONDS = 2.0
@@ -150,6 +152,11 @@ class Serving:
         if params.budget_close and structure.smallest is not None and params.max_tokens < structure.smallest:
             raise errors.budget_too_small(params.max_tokens, structure.smallest, structure.param)
         params.answered_calls = structure.answered_calls
+        if params.loop_guard and req.dry_multiplier is None and not params.dry_on:
+            # Loops inside a string ("The export button does nothing. The export button does nothing. ...") are
+            # the guard's too: DRY over the answer alone (its breakers include '"' and ':', so a repeat never
+            # reaches across a JSON string's bounds; the prompt is left out, so extracting from it is free).
+            params.dry_multiplier, params.dry_answer_only = GUARD_DRY_MULTIPLIER, True
         return params
 
     def build_params(self, prompt_len: int, max_tokens: int | None, **fields) -> SamplingParams:
