@@ -235,12 +235,7 @@ class LoopGuard:
         if top.kind != _OPEN[0]:
             return None
         item = bytes(self.buf[top.item_start : i]).strip()
-        if item and item in top.seen and top.sep is not None and top.start not in self.frozen:
-            self.frozen.add(top.start)
-            self._closing_bracket = b"]"
-            return top.sep
-        top.seen.add(item)
-        return None
+        return self._repeat(top, item, b"]") if item else None
 
     def _key_read(self, i: int) -> int | None:
         """A string closed at i: when it is an object's key that repeats an earlier one, the comma before it."""
@@ -248,12 +243,16 @@ class LoopGuard:
             return None
         top = self._stack[-1]
         top.key_open = False
-        key = bytes(self.buf[self._string_start : i + 1])
-        if key in top.seen and top.sep is not None and top.start not in self.frozen:
+        return self._repeat(top, bytes(self.buf[self._string_start : i + 1]), b"}")
+
+    def _repeat(self, top: _Frame, value: bytes, bracket: bytes) -> int | None:
+        """The comma before `value` when it repeats an earlier item (or key) of `top`, which is then frozen (to be
+        closed by `bracket`); else None, and `value` is remembered."""
+        if value in top.seen and top.sep is not None and top.start not in self.frozen:
             self.frozen.add(top.start)
-            self._closing_bracket = b"}"
+            self._closing_bracket = bracket
             return top.sep
-        top.seen.add(key)
+        top.seen.add(value)
         return None
 
     def _value_done(self, i: int) -> int | None:
