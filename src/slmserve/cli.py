@@ -1,5 +1,5 @@
-"""The `slmserve` command: serve, generate, chat, bench, finetune, models; the tools' explore, monitor, compare
-and plot-bench are declared in tools/cli.py.
+"""The `slmserve` command: serve, cluster, generate, chat, bench, finetune, models, requantize; the tools' explore,
+monitor, compare and plot-bench are declared in tools/cli.py.
 
 Flags of serve/generate/chat are generated from Settings' fields, so they match env vars and .env exactly.
 A flag that is not given leaves the env/.env/default value in place.
@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 import typer
@@ -34,13 +34,33 @@ REPEATABLE = {"model"}
 app = typer.Typer(help="slmserve: a fast, concurrent server for small language models.", no_args_is_help=True)
 
 
+# --help shows the settings in these panels, in this order: each panel sizes its own columns, so one long flag
+# does not narrow every help text. A setting no panel names (a new one) goes in the last.
+PANELS = {
+    "Model": "model served_model_name engine weights device dtype lora cache_dir",
+    "Engine": "max_running ctx_size max_model_len step_token_budget n_threads kv_unified kv_cache_type",
+    "HTTP server": "host port max_waiting retry_after request_timeout drain_timeout max_body_bytes max_embed_tokens",
+    "API keys and rate limits": "api_keys api_keys_file metrics_public rate_limit_rpm rate_limit_tpm",
+    "Request defaults": "max_length_limit default_max_length default_temperature blocked_words",
+    "DRY sampler defaults": "dry_multiplier dry_base dry_allowed_length dry_penalty_last_n dry_sequence_breakers",
+    "Logging": "log_level log_format",
+    "Other settings": "",
+}
+
+
+def _panel(name: str) -> str:
+    """The --help panel of a setting."""
+    return next((panel for panel, names in PANELS.items() if name in names.split()), list(PANELS)[-1])
+
+
 def _settings_options(func: Callable[..., Any], skip: frozenset[str] = frozenset()) -> Callable[..., Any]:
     """Give `func` one --option per Settings field but those in skip; it receives the built Settings as
     `settings` (skipped fields keep their env/.env/default value)."""
     own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "settings"]
     names = {p.name for p in own}
     extra = []
-    for name, info in Settings.model_fields.items():
+    for name in sorted(Settings.model_fields, key=lambda n: list(PANELS).index(_panel(n))):  # panel by panel
+        info = Settings.model_fields[name]
         if name in names or name in skip:
             continue
         kind = list[str] if name in REPEATABLE else _plain_type(info.annotation)
@@ -48,7 +68,10 @@ def _settings_options(func: Callable[..., Any], skip: frozenset[str] = frozenset
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
         # Rich reads [word] as markup and drops it ("needs slmserve[torch]" showed as "needs slmserve"): escape it.
         help_text = f"{info.description} (env SLMSERVE_{name.upper()}; default: {_shown(name)})".replace("[", "\\[")
-        option = typer.Option(None, *decls, help=help_text, show_default=False, rich_help_panel="Settings")
+        # No type column (metavar ""): at 80 columns its width is the help text's, and the default shows the type.
+        option = typer.Option(
+            None, *decls, help=help_text, show_default=False, metavar="", rich_help_panel=_panel(name)
+        )
         extra.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
 
     def wrapper(**kwargs: Any) -> Any:
@@ -134,9 +157,9 @@ def _logging(settings: Settings) -> None:
 @app.command()
 @_settings_options
 def serve(settings: Settings) -> None:
-    """Start the HTTP server (OpenAI API, /health, /metrics) on the configured model. SIGTERM or Ctrl-C drains it:
-    requests in flight finish (up to --drain-timeout), new ones get 503, then it exits 0; a second signal exits
-    at once (exit 1)."""
+    """Start the HTTP server (OpenAI API, /health, /metrics) on the configured model.
+
+    SIGTERM or Ctrl-C drains it (up to --drain-timeout) and exits 0; a second signal exits at once (exit 1)."""
     import uvicorn
 
     from slmserve.server.app import create_app
@@ -186,16 +209,20 @@ def _checked(make: Callable[..., Any], *args: Any) -> Any:
         raise typer.Exit(2) from exc
 
 
+# The autoscaling flags get a --help panel of their own: beside --direct-ingress/--ray-proxy, 80 columns cut them.
+_autoscaling = functools.partial(typer.Option, rich_help_panel="Autoscaling")
+
+
 @app.command()
 @_settings_options
 def cluster(
     settings: Settings,
     replicas: Annotated[int, typer.Option(help="Model-host replicas per model (fixed).")] = 1,
-    min_replicas: Annotated[int, typer.Option(help="Autoscaling: fewest replicas (with --max-replicas).")] = 1,
-    max_replicas: Annotated[int | None, typer.Option(help="Autoscaling: most replicas; turns autoscaling on.")] = None,
-    target_ongoing_requests: Annotated[float, typer.Option(help="Autoscaling: requests per replica to aim at.")] = 16,
-    upscale_delay: Annotated[float, typer.Option(help="Autoscaling: seconds over target before adding one.")] = 10,
-    downscale_delay: Annotated[float, typer.Option(help="Autoscaling: seconds under target before removing.")] = 120,
+    min_replicas: Annotated[int, _autoscaling(help="Fewest replicas (with --max-replicas).")] = 1,
+    max_replicas: Annotated[int | None, _autoscaling(help="Most replicas; turns autoscaling on.")] = None,
+    target_ongoing_requests: Annotated[float, _autoscaling(help="Requests per replica to aim at.")] = 16,
+    upscale_delay: Annotated[float, _autoscaling(help="Seconds over target before adding a replica.")] = 10,
+    downscale_delay: Annotated[float, _autoscaling(help="Seconds under target before removing one.")] = 120,
     threads: Annotated[int, typer.Option(help="llama.cpp threads per replica.")] = 1,
     drain_seconds: Annotated[float, typer.Option(help="On stop, replicas finish requests for this long.")] = 30,
     stream_interval_ms: Annotated[
@@ -206,9 +233,8 @@ def cluster(
         bool,
         typer.Option(
             "--direct-ingress/--ray-proxy",
-            help="Ray Serve's throughput-optimized mode (the gateway serves --port itself, hosts over gRPC); or"
-            " every request through Ray's proxy actor: slower, the mode of Ray's own config files"
-            " (docs/PERFORMANCE.md).",
+            help="Ray Serve's throughput-optimized mode: the gateway serves --port itself, hosts over gRPC. Or every"
+            " request through Ray's proxy actor: slower, the mode of Ray's own config files.",
         ),
     ] = True,
 ) -> None:
@@ -276,8 +302,9 @@ def chat(
     use_adapter: Annotated[str | None, typer.Option(help=USE_ADAPTER)] = None,
     settings: Settings = None,
 ) -> None:
-    """An interactive multi-turn chat in the terminal: /help lists its commands; Ctrl-C stops an answer, Ctrl-D
-    or /exit leaves."""
+    """An interactive multi-turn chat in the terminal; /help lists its commands.
+
+    Ctrl-C stops an answer; Ctrl-D or /exit leaves."""
     from slmserve.terminal import prompt_lines, run_chat_turns
 
     raise typer.Exit(run_chat_turns(settings, system, prompt_lines(), max_tokens, temperature, use_adapter))
@@ -406,6 +433,34 @@ def models(
             continue
         layout = weights.describe(path, Path(cache_dir or Settings().cache_dir))
         typer.echo(f"{m.id}\n  {m.description}\n  {path}\n  weights: {layout}")
+
+
+@app.command()
+def requantize(
+    out: Annotated[Path, typer.Argument(help="The GGUF file to write.")],
+    to: Annotated[Literal["q4_0", "q8_0", "iq4_nl", "f16"], typer.Option(help="The weights' type.")] = "q8_0",
+    model: Annotated[str, typer.Option(help="A known model id or a GGUF file.")] = "smollm2-135m-instruct",
+) -> None:
+    """Write a copy of a GGUF model with its weights in another type (llama.cpp's quantize).
+
+    A second model to serve or compare; made from the bundled Q4_1 file, it holds no more than Q4_1 did."""
+    from slmserve.models import weights
+    from slmserve.models.registry import resolve_model_path
+
+    try:
+        source = resolve_model_path(model)
+    except FileNotFoundError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if out.resolve() == source.resolve():
+        typer.echo(f"Error: {out} is the model itself; name another file", err=True)
+        raise typer.Exit(2)
+    try:
+        weights.requantize(source, out, to)
+    except weights.WeightsError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"wrote {out} ({to}, from {source.name}); serve it with: slmserve serve --model {out}")
 
 
 tools_cli.register(app, _settings_options)

@@ -41,24 +41,22 @@ class Settings(BaseSettings):
     model: str = Field(
         "smollm2-135m-instruct",
         description=(
-            "A known model id (see `slmserve models`), a GGUF file, a Hugging Face model directory, or a hub id "
-            "(owner/name, downloaded by transformers when the machine is online). Several models: give --model "
-            "again (or a comma-separated list); NAME=SOURCE serves one under NAME. Requests pick a model by name; "
-            "the first is the default, and the seeds' routes use it."
+            "A known id (`slmserve models`), a GGUF file, a Hugging Face directory or hub id (owner/name). Several: "
+            "give it again or comma-separated; NAME=SOURCE serves one as NAME. The first is the default."
         ),
     )
     engine: Literal["auto", "llama.cpp", "torch"] = Field(
         "auto",
         description=(
-            "Backend. auto: llama.cpp for GGUF files, torch for Hugging Face models. torch on a GGUF dequantizes "
-            "it through transformers once and caches the result under --cache-dir. torch needs slmserve[torch]."
+            "auto: llama.cpp for GGUF files, torch for Hugging Face models. torch needs slmserve[torch]; on a GGUF "
+            "it dequantizes once into --cache-dir."
         ),
     )
     weights: Literal["auto", "original", "q4_0", "q8_0", "iq4_nl", "f16"] = Field(
         "auto",
         description=(
-            "llama.cpp engine: the weight layout to run. auto: where the file's tensors miss this CPU's fast "
-            "kernels (the bundled Q4_1 on AVX2), requantize it once into --cache-dir; original: the file as it is."
+            "llama.cpp: the weight layout. auto requantizes, once into --cache-dir, a file this CPU's fast kernels "
+            "skip (the bundled Q4_1 on AVX2); original: the file as it is."
         ),
     )
     device: str = Field("auto", description="torch engine: cpu, cuda, cuda:N; auto picks cuda when available.")
@@ -67,14 +65,11 @@ class Settings(BaseSettings):
     )
     lora: Words = Field(
         [],
-        description=(
-            "torch engine: LoRA adapters to serve from the start, NAME=PATH[,NAME=PATH...]. A request picks one "
-            "with model=NAME."
-        ),
+        description="torch engine: LoRA adapters to serve, NAME=PATH[,NAME=PATH...]; requests pick one by model=NAME.",
     )
     cache_dir: str = Field(
         os.path.join(os.path.expanduser("~"), ".cache", "slmserve"),
-        description="Where converted weights are kept: requantized GGUFs, a GGUF dequantized for the torch engine.",
+        description="Where converted weights are kept (requantized GGUFs, GGUFs dequantized for torch).",
     )
     served_model_name: str | None = Field(
         None, description="Name the API reports and accepts for the model; defaults to the model id."
@@ -87,9 +82,8 @@ class Settings(BaseSettings):
         None,
         ge=256,
         description=(
-            "KV cache cells in all, split evenly between the slots (each rounded up to a multiple of 256) unless "
-            "--kv-unified. Default: --max-running x 2048 on llama.cpp (2048 tokens a request; 800 MiB of q8_0 KV "
-            "at 32 slots), x 512 on torch (its fp32 KV is 4x larger)."
+            "KV cells in all, split evenly between the slots unless --kv-unified. Default: --max-running x 2048 "
+            "on llama.cpp, x 512 on torch (its fp32 KV is 4x larger)."
         ),
     )
     max_model_len: int | None = Field(
@@ -98,7 +92,7 @@ class Settings(BaseSettings):
     step_token_budget: int = Field(
         256,
         ge=16,
-        description="Tokens one engine step may decode (running tokens plus prefill chunks); sizes the compute buffer.",
+        description="Tokens one engine step may run (decodes plus prefill chunks).",
     )
     n_threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads for llama.cpp and torch."
@@ -106,22 +100,18 @@ class Settings(BaseSettings):
     kv_unified: bool = Field(
         False,
         description=(
-            "One KV buffer shared by all slots, so one request may use the whole context. Slower when many "
-            "requests run (attention spans every cached cell) and outputs then vary with the batch."
+            "One KV buffer for all slots: a request may use the whole context; slower with many requests, and "
+            "outputs vary with the batch."
         ),
     )
     kv_cache_type: Literal["f16", "q8_0"] = Field(
         "q8_0",
-        description=(
-            "KV cache precision. q8_0 halves its memory (1.0 vs 1.7 GiB peak RSS at 32 x 2048 tokens) and starts "
-            "0.4 s sooner; f16 prefills a 1,900-token prompt 2.5x faster (llama.cpp's CPU attention is slower on "
-            "quantized KV), decodes as fast or faster."
-        ),
+        description="KV cache precision. q8_0: half the memory; f16: long prompts prefill ~2.5x faster.",
     )
     retry_after: int = Field(1, ge=0, description="Seconds sent in Retry-After with a 429.")
     blocked_words: Words = Field(
         ["hate", "violence"],
-        description="Content filter: user input holding one of these whole words (any case) is refused with 400.",
+        description="Content filter: input holding one of these whole words (any case) is refused (400).",
     )
     max_length_limit: int = Field(200, ge=10, description="/generate: the largest max_length (prompt + new tokens).")
     default_max_length: int = Field(50, ge=10, description="/generate: max_length when the request gives none.")
@@ -131,10 +121,7 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         allow_inf_nan=False,
-        description=(
-            "DRY: penalty scale for a token that would extend a verbatim repeat of earlier context; 0 is off "
-            "(llama.cpp's default), 0.8 is its suggested value."
-        ),
+        description="DRY: penalty scale for a token extending a verbatim repeat; 0 is off, 0.8 llama.cpp's suggestion.",
     )
     dry_base: float = Field(
         1.75, ge=1, allow_inf_nan=False, description="DRY: the penalty is multiplier x base^(repeat length - allowed)."
@@ -152,47 +139,35 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: Literal["text", "json"] = Field(
         "text",
-        description=(
-            "text: plain lines. json: one JSON object a line; each request's line has its id (from X-Request-ID "
-            "or made), route, status, tokens in and out, latency and the API key's name."
-        ),
+        description="text, or json: a JSON object a line, each request's with id, route, status, tokens, latency.",
     )
     api_keys: Words = Field(
         [],
         description=(
-            "API keys a client must send (Authorization: Bearer KEY, or x-api-key: KEY) to use the model and "
-            "change state: KEY or NAME:KEY, comma-separated. None given (here or in --api-keys-file): no keys asked."
+            "Keys a client must send (Authorization: Bearer KEY or x-api-key: KEY): KEY or NAME:KEY, "
+            "comma-separated. None here or in --api-keys-file: no keys asked."
         ),
         repr=False,  # never in a log line or traceback that prints the settings
     )
     api_keys_file: str | None = Field(None, description="A file of API keys, one a line: KEY or NAME:KEY.")
     metrics_public: bool = Field(False, description="With API keys: serve /metrics without a key.")
     rate_limit_rpm: int | None = Field(
-        None, ge=1, description="Requests a minute one API key (or, with no keys, one client address) may send."
+        None, ge=1, description="Requests a minute per API key (per client address without keys)."
     )
     rate_limit_tpm: int | None = Field(
         None,
         ge=1,
-        description=(
-            "Tokens a minute one API key (or client address) may use: prompt plus max_tokens taken at admission, "
-            "the unused rest given back when the request ends."
-        ),
+        description="Tokens a minute per API key (or address): prompt + max_tokens, the unused part given back.",
     )
     request_timeout: float | None = Field(
         None,
         gt=0,
-        description=(
-            "Seconds a request may run before it is aborted (504, or an error event ending a stream); a client "
-            "may ask for less with the x-request-timeout header."
-        ),
+        description="Seconds before a request is aborted (504); clients may ask for less with x-request-timeout.",
     )
     drain_timeout: float = Field(
         30,
         ge=0,
-        description=(
-            "On SIGTERM or SIGINT: seconds requests in flight may take to finish while new ones get 503; then "
-            "the server exits 0. A second signal exits at once."
-        ),
+        description="On SIGTERM/SIGINT: seconds requests in flight may take to finish (new ones get 503).",
     )
     max_body_bytes: int = Field(
         2 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger is refused with 413."
