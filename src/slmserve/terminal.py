@@ -12,11 +12,12 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 from rich.console import Console
 
 from slmserve.engine.async_engine import AsyncEngine
+from slmserve.engine.engine import RequestOutput
 from slmserve.engine.loader import LoadedModel, load_model
 from slmserve.engine.sampling import SamplingParams
 from slmserve.models.chat_template import chat_prompt_ids
@@ -30,10 +31,12 @@ HELP = """Commands:
   /reset         forget the conversation (the system prompt stays)
   /system TEXT   set the system prompt (/system alone: the model's default) and start over
   /exit          leave (or Ctrl-D); Ctrl-C stops an answer"""
+HINT = "(/help lists the commands; Ctrl-C stops an answer, Ctrl-D leaves)"
 
 
 def prompt_lines() -> Iterator[str]:
-    """Lines typed at a prompt, until EOF, Ctrl-C at the prompt, or /exit."""
+    """Lines typed at a prompt, until EOF, Ctrl-C at the prompt, or /exit; a one-line hint before the first."""
+    _err.print(HINT, style="dim", markup=False, soft_wrap=True)
     while True:
         try:
             line = input("you> ").strip()
@@ -79,18 +82,34 @@ async def _answer(
     if room < 1:
         raise ValueError(f"the conversation ({len(ids)} tokens) no longer fits the context ({model.max_model_len})")
     params = dataclasses.replace(params, max_tokens=min(params.max_tokens, room))
-    text, start, first, n = "", time.perf_counter(), None, 0
-    async for out in engine.generate(ids, params, adapter=adapter):
-        first = first or time.perf_counter()
+    text, stats = await stream_answer(engine.generate(ids, params, adapter=adapter), _show)
+    sys.stdout.write("\n")
+    _err.print(stats, style="dim", markup=False)
+    return text
+
+
+async def stream_answer(
+    outputs: AsyncIterator[RequestOutput],
+    show: Callable[[str], object],
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[str, str]:
+    """Show an answer's text as it comes; the answer and its line of figures: tokens, seconds to the first token,
+    tokens/s after it. The engine's first output is empty, sent when it takes the request: not a token."""
+    text, start, first, n = "", clock(), None, 0
+    async for out in outputs:
+        if out.token_ids and first is None:
+            first = clock()
         n = out.num_output_tokens
         text += out.text
-        sys.stdout.write(out.text)
-        sys.stdout.flush()
-    end = time.perf_counter()
-    sys.stdout.write("\n")
-    rate = (n - 1) / (end - first) if first and n > 1 and end > first else 0.0
-    _err.print(f"[dim]{n} tokens, first after {(first or end) - start:.2f} s, {rate:.1f} tok/s[/dim]")
-    return text
+        show(out.text)
+    end = clock()
+    rate = (n - 1) / (end - first) if first is not None and n > 1 and end > first else 0.0
+    return text, f"{n} tokens, first after {(end if first is None else first) - start:.2f} s, {rate:.1f} tok/s"
+
+
+def _show(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
 
 
 def run_chat_turns(
