@@ -25,6 +25,16 @@ class ByteTokenizer:
         return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
 
 
+class ChatTokenizer(ByteTokenizer):
+    """The byte tokenizer with what chat prompts need: no special-token text at all."""
+
+    def holds_special(self, text: str) -> bool:
+        return False
+
+    def encode_parts(self, parts: list[tuple[str, bool]], add_special: bool = False) -> list[int]:
+        return [b for text, _ in parts for b in text.encode("utf-8")]
+
+
 class ScriptedRunner:
     """Each sequence 'generates' `script` byte by byte, then EOS; uniform=True gives flat logits instead."""
 
@@ -62,6 +72,17 @@ class ScriptedRunner:
                 row[self.script[k] if k < len(self.script) else EOS] = 10.0
             rows.append(row)
         return np.array(rows, dtype=np.float32).reshape(len(rows), VOCAB)
+
+
+class ChatRunner(ScriptedRunner):
+    """A scripted runner a server can hold: a chat tokenizer, and a close() for the app's shutdown."""
+
+    def __init__(self, script: bytes = b"hello world", uniform: bool = False) -> None:
+        super().__init__(script, uniform)
+        self.tokenizer = ChatTokenizer()
+
+    def close(self) -> None:
+        pass
 
 
 def make_engine(runner=None, **kw) -> Engine:

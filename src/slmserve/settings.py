@@ -175,10 +175,24 @@ class Settings(BaseSettings):
     max_embed_tokens: int = Field(
         16384,
         ge=1,
+        description="Most tokens one /v1/embeddings request may hold over all its inputs (400 past it).",
+    )
+    state_dir: str = Field(
+        os.path.join(os.path.expanduser("~"), ".local", "state", "slmserve"),
+        description="Where state that outlives a restart is kept: the Responses API's stored responses.",
+    )
+    store_url: str | None = Field(
+        None,
         description=(
-            "Most tokens one /v1/embeddings request may hold, summed over its inputs (400 past it); a 2-core CPU "
-            "embeds ~350 tokens a second."
+            "A shared store, redis://HOST:PORT/DB: stored responses (and in a cluster, rate limits) seen by every "
+            "server using it. Unset: a SQLite file under --state-dir."
         ),
+    )
+    responses_retention_days: float = Field(
+        30, gt=0, description="Stored responses older than this are deleted (OpenAI keeps them 30 days)."
+    )
+    responses_max_mb: float = Field(
+        256, gt=0, description="The stored responses' size cap: past it, the oldest are deleted first."
     )
 
     @field_validator("dry_sequence_breakers")

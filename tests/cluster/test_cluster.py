@@ -167,7 +167,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(cluster):
     failed = [json.loads(before[6:]) for _, _, before, _ in results if '"error"' in before]
     completed = [before for _, _, before, _ in results if '"finish_reason":"length"' in before]
     assert failed and completed, results  # the victim's requests ended with an error, the others finished
-    assert {e["error"]["code"] for e in failed} == {"engine_error"}
+    assert {e["error"]["code"] for e in failed} == {"engine_dead"}  # as unstreamed: one error table
     # New requests go to the live replica at once, and Ray starts a replacement.
     r = httpx.post(f"{cluster.url}/v1/chat/completions", json=chat("Hi", max_tokens=2), timeout=30)
     assert r.status_code == 200

@@ -12,24 +12,9 @@ from slmserve.engine.loader import LoadedModel
 from slmserve.models.chat_template import ChatTemplate
 from slmserve.server.app import create_app
 from slmserve.settings import Settings
-from tests.fakes import ByteTokenizer, ScriptedRunner, make_engine
+from tests.fakes import ChatRunner, make_engine
 
 LOOP = b"abcd" * 3
-
-
-class _ChatTokenizer(ByteTokenizer):
-    """The byte tokenizer with what chat prompts need: no special-token text at all."""
-
-    def holds_special(self, text: str) -> bool:
-        return False
-
-    def encode_parts(self, parts: list[tuple[str, bool]], add_special: bool = False) -> list[int]:
-        return [b for text, _ in parts for b in text.encode("utf-8")]
-
-
-class _Runner(ScriptedRunner):
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -38,8 +23,7 @@ def served():
     clients = []
 
     def start(**settings) -> tuple[TestClient, list]:
-        runner = _Runner(LOOP)
-        runner.tokenizer = _ChatTokenizer()
+        runner = ChatRunner(LOOP)
         engine = make_engine(runner, kv_capacity=4096)
         seen = []
         add = engine.add_request

@@ -77,6 +77,7 @@ class RequestOutput:
     finish_reason: str | None = None
     queue_time: float | None = None
     closed: bool = False  # a structured answer that ran into max_tokens, closed by the engine so it parses
+    stop_reason: str | None = None  # the stop string that ended the answer, if one did (vLLM's name)
 
     @property
     def finished(self) -> bool:
@@ -94,6 +95,7 @@ class RequestOutput:
             later.finish_reason,
             self.queue_time if self.queue_time is not None else later.queue_time,
             later.closed,
+            later.stop_reason,
         )
 
 
@@ -314,4 +316,5 @@ class Engine:
             seq.finish_reason,
             queue_time,
             seq.closed,
+            seq.detokenizer.stop_reason if seq.finish_reason == "stop" else None,
         )

@@ -11,12 +11,14 @@ from fastapi import FastAPI
 from slmserve import __version__
 from slmserve.engine.loader import LoadedModel
 from slmserve.server import errors
+from slmserve.server.anthropic import routes as anthropic
 from slmserve.server.app_state import AppState, Connect, run_here
 from slmserve.server.auth import Auth, load_keys
 from slmserve.server.disconnect import CancelOnDisconnect
 from slmserve.server.drain import DrainGate
 from slmserve.server.limits import BodyLimit
 from slmserve.server.request_context import RequestContext
+from slmserve.server.responses import routes as responses
 from slmserve.server.routes import gateway, generate, health, openai, slm, ui
 from slmserve.server.served_by import ReplicaHeader
 from slmserve.settings import Settings
@@ -26,8 +28,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, model: LoadedModel | None = None, connect: Connect = run_here) -> FastAPI:
     """The app. Given no model, it connects settings' models in the background (loads them here, or reaches a
-    cluster's model hosts): /health says 503 until ready. ValueError when the model list names two models alike
-    or an API keys file cannot be read."""
+    cluster's model hosts): /health says 503 until ready. ValueError when the model list names two models alike,
+    an API keys file cannot be read or the response store cannot be used."""
     state = AppState(settings, connect)
 
     @asynccontextmanager
@@ -45,6 +47,7 @@ def create_app(settings: Settings, model: LoadedModel | None = None, connect: Co
             if loader is not None:
                 loader.cancel()
             state.detach()
+            await state.responses.close()
 
     # /docs and /redoc are routes/ui.py's: FastAPI's own load their scripts from a CDN, blank without internet.
     app = FastAPI(title="slmserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -59,7 +62,7 @@ def create_app(settings: Settings, model: LoadedModel | None = None, connect: Co
         RequestContext, request_timeout=settings.request_timeout, json_logs=settings.log_format == "json"
     )
     errors.install_handlers(app, settings.retry_after)
-    for module in (health, openai, gateway, slm, generate, ui):
+    for module in (health, openai, responses, anthropic, gateway, slm, generate, ui):
         app.include_router(module.router)
     ui.mount_static(app)
     return app

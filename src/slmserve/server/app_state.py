@@ -23,6 +23,7 @@ from slmserve.server.drain import Drain
 from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.serving import Serving
+from slmserve.server.store import open_store
 from slmserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class AppState:
         self.metrics = Metrics()
         self.drain = Drain()
         self.content_filter = ContentFilter(settings.blocked_words)
+        self.responses = open_store(settings)  # StoreError (a ValueError) now, not at the first request
         self.models = {
             s.model_name: ModelState(s, self.metrics, self.content_filter, connect) for s in settings.per_model()
         }

@@ -21,6 +21,7 @@ from slmserve.engine.engine import UnknownAdapterError
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.engine.structured import GrammarError
 from slmserve.server import content_filter
+from slmserve.server.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -157,56 +158,96 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     )
 
 
+def of_exception(exc: BaseException, retry_after: int = 1) -> APIError:
+    """The one table: what an exception from serving or the engine means to a client, the same whether the request
+    streams or not. Anything not in it is a fault of ours: a logged 500."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFullError):
+        return queue_full(retry_after)
+    if isinstance(exc, GrammarError):
+        return invalid_grammar(str(exc))
+    if isinstance(exc, UnknownAdapterError):
+        return APIError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, str(exc), code="engine_dead")
+    if isinstance(exc, StoreError):
+        return APIError(503, f"Stored responses are unavailable: {exc}", code="store_unavailable")
+    if isinstance(exc, EngineStepError):
+        return APIError(500, str(exc), code="generation_failed")
+    if isinstance(exc, RuntimeError):
+        return APIError(503, str(exc), code="engine_error")
+    log.error("a request failed", exc_info=exc)
+    return APIError(500, "The server failed while answering this request.", code="internal_error")
+
+
+# Each API family answers errors in its own shape; a route belongs to a family by its path.
+ANTHROPIC_PATHS = ("/v1/messages",)
+OPENAI_PATHS = ("/chat/completions", "/tokenize", "/detokenize")
+
+
+def family(path: str) -> str:
+    """ "anthropic", "openai" or "seeds": whose error shape the route at path answers in."""
+    if path.startswith(ANTHROPIC_PATHS):
+        return "anthropic"
+    if path.startswith("/v1/") or path in OPENAI_PATHS:
+        return "openai"
+    return "seeds"
+
+
 def is_openai_route(request: Request) -> bool:
-    path = request.url.path
-    return path.startswith("/v1/") or path in ("/chat/completions", "/tokenize", "/detokenize")
+    return family(request.url.path) == "openai"
+
+
+# Anthropic's error types by status (its API reference, "Errors").
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_body(status: int, message: str) -> dict:
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def respond(request: Request, exc: APIError) -> JSONResponse:
     """The error in the shape of the route it happened on."""
-    if is_openai_route(request):
+    shape = family(request.url.path)
+    if shape == "openai":
         return error_response(exc)
+    if shape == "anthropic":
+        return JSONResponse(anthropic_body(exc.status, exc.message), status_code=exc.status, headers=exc.headers)
     return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 def install_handlers(app: FastAPI, retry_after: int) -> None:
     """Map every exception a route can raise onto a 4xx/503 in the route's shape: bad input is never a 500."""
 
-    @app.exception_handler(APIError)
-    async def _api(request: Request, exc: APIError) -> JSONResponse:
-        return respond(request, exc)
-
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        if not is_openai_route(request):
+        if family(request.url.path) == "seeds":
             return await request_validation_exception_handler(request, exc)
         message, param = _validation_message(exc)
-        return error_response(APIError(400, message, param=param, code="invalid_value"))
+        return respond(request, APIError(400, message, param=param, code="invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return respond(request, APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
 
-    @app.exception_handler(QueueFullError)
-    async def _full(request: Request, exc: QueueFullError) -> JSONResponse:
-        return respond(request, queue_full(retry_after))
+    async def _mapped(request: Request, exc: Exception) -> JSONResponse:
+        return respond(request, of_exception(exc, retry_after))
 
-    @app.exception_handler(EngineDeadError)
-    async def _dead(request: Request, exc: EngineDeadError) -> JSONResponse:
-        return respond(request, APIError(503, str(exc), code="engine_dead"))
-
-    @app.exception_handler(UnknownAdapterError)
-    async def _adapter(request: Request, exc: UnknownAdapterError) -> JSONResponse:
-        return respond(request, APIError(404, str(exc), param="model", code="model_not_found"))
-
-    @app.exception_handler(GrammarError)
-    async def _grammar(request: Request, exc: GrammarError) -> JSONResponse:
-        return respond(request, invalid_grammar(str(exc)))
-
-    @app.exception_handler(EngineStepError)
-    async def _step(request: Request, exc: EngineStepError) -> JSONResponse:
-        return respond(request, APIError(500, str(exc), code="generation_failed"))
+    mapped = (APIError, QueueFullError, EngineDeadError, UnknownAdapterError, GrammarError, EngineStepError, StoreError)
+    for kind in mapped:
+        app.add_exception_handler(kind, _mapped)
 
 
 def body_too_large(limit: int, size: int | None = None) -> APIError:

@@ -59,6 +59,7 @@ class Choice:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     finish_reason: str | None = None
     closed: bool = False  # closed at max_tokens so it parses
+    stop_reason: str | None = None  # the stop string that ended it, if one did
 
     def add(self, out: RequestOutput) -> None:
         self.text += out.text
@@ -66,6 +67,7 @@ class Choice:
         self.logprobs.extend(out.logprobs)
         self.finish_reason = out.finish_reason
         self.closed = out.closed
+        self.stop_reason = out.stop_reason
 
 
 class Serving:

@@ -3,36 +3,72 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+from slmserve.engine.sampling import SamplingParams
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, usage
 from slmserve.server.streams import primed, sse_stream
 from slmserve.server.tools import CallStream, ToolUse, render_history
 
 
+@dataclass
+class ChatRun:
+    """A chat request made ready for the engine: the prompt, the sampling, and how to read the answer back. Each
+    API family that speaks chat (chat completions, Responses, Messages) makes one and renders its outputs."""
+
+    serving: Serving
+    model: str  # the name answers carry: the adapter's, else the model's
+    adapter: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    tool_use: ToolUse | None
+    n: int = 1
+    logprobs: bool = False
+
+    async def complete(self) -> oa.ChatCompletion:
+        choices = await self.serving.collect(self.prompt_ids, self.params, self.n, self.adapter)
+        return oa.ChatCompletion(
+            model=self.model,
+            choices=[_choice(self.serving, c, self.tool_use, self.logprobs) for c in choices],
+            usage=usage(len(self.prompt_ids), choices),
+        )
+
+    async def chunks(self, include_usage: bool = False) -> AsyncIterator[oa.ChatCompletionChunk]:
+        """The answer as chat chunks, once the engine has taken the request (a refusal is an HTTP error)."""
+        stream = await primed(self.serving.stream_choices(self.prompt_ids, self.params, self.n, self.adapter))
+        return _chunks(self, stream, include_usage)
+
+
+async def chat_prompt(serving: Serving, req: oa.ChatCompletionRequest) -> tuple[list[int], ToolUse | None]:
+    """The prompt's token ids (the tools described, earlier calls in the model's form) and the tool use; 4xx for
+    an unknown model, a bad tool_choice or blocked words."""
+    serving.check_model(req.model)
+    tool_use = ToolUse.of(req)
+    messages = render_history([m.model_dump(exclude_none=True) for m in req.messages])
+    return await serving.chat_prompt_ids(*chat_messages(serving, messages, tool_use)), tool_use
+
+
+async def prepare_chat(serving: Serving, req: oa.ChatCompletionRequest) -> ChatRun:
+    """The request checked, its prompt built and its grammar compiled; 4xx naming what is wrong."""
+    adapter = serving.check_model(req.model)
+    prompt_ids, tool_use = await chat_prompt(serving, req)
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    history_calls = any((m.model_extra or {}).get("tool_calls") for m in req.messages)
+    structure = await serving.structure(req.response_format, tool_use, history_calls)
+    params = serving.sampling_params(req, len(prompt_ids), top, structure)
+    name = adapter or serving.model.name
+    return ChatRun(serving, name, adapter, prompt_ids, params, tool_use, req.n, req.logprobs)
+
+
 async def create_chat_completion(
     serving: Serving, req: oa.ChatCompletionRequest
 ) -> oa.ChatCompletion | AsyncIterator[str]:
-    adapter = serving.check_model(req.model)
-    name = adapter or serving.model.name
-    tool_use = ToolUse.of(req)
-    raw = [m.model_dump(exclude_none=True) for m in req.messages]
-    messages = render_history(raw)
-    prompt_ids = await serving.chat_prompt_ids(*chat_messages(serving, messages, tool_use))
-    top = (req.top_logprobs or 0) if req.logprobs else None
-    history_calls = any(m.get("tool_calls") for m in raw)
-    structure = await serving.structure(req.response_format, tool_use, history_calls)
-    params = serving.sampling_params(req, len(prompt_ids), top, structure)
+    run = await prepare_chat(serving, req)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        stream = await primed(serving.stream_choices(prompt_ids, params, req.n, adapter))
-        return sse_stream(_chunks(serving, stream, name, len(prompt_ids), req.n, include_usage, tool_use))
-    choices = await serving.collect(prompt_ids, params, req.n, adapter)
-    return oa.ChatCompletion(
-        model=name,
-        choices=[_choice(serving, c, tool_use, req.logprobs) for c in choices],
-        usage=usage(len(prompt_ids), choices),
-    )
+        return sse_stream(await run.chunks(include_usage))
+    return await run.complete()
 
 
 def chat_messages(
@@ -55,20 +91,20 @@ def _choice(serving: Serving, c: Choice, tool_use: ToolUse | None, logprobs: boo
         logprobs=serving.chat_logprobs(c.logprobs) if logprobs else None,
         finish_reason="tool_calls" if calls else c.finish_reason,
         closed_at_budget=c.closed,
+        stop_reason=c.stop_reason,
     )
 
 
-async def _chunks(
-    serving: Serving, stream, model: str, prompt_tokens: int, n: int, include_usage: bool, tool_use: ToolUse | None
-) -> AsyncIterator[oa.ChatCompletionChunk]:
-    head = oa.ChatCompletionChunk(id=oa._id("chatcmpl"), created=now(), model=model, choices=[])
+async def _chunks(run: ChatRun, stream, include_usage: bool) -> AsyncIterator[oa.ChatCompletionChunk]:
+    serving, n, tool_use = run.serving, run.n, run.tool_use
+    head = oa.ChatCompletionChunk(id=oa._id("chatcmpl"), created=now(), model=run.model, choices=[])
     choices = [Choice(i) for i in range(n)]
 
     def chunk(i: int, delta: oa.DeltaMessage, out=None, finish_reason: str | None = None) -> oa.ChatCompletionChunk:
         lps = serving.chat_logprobs(out.logprobs) if out is not None else None
-        closed = choices[i].closed if finish_reason else None
+        closed, stop = (choices[i].closed, choices[i].stop_reason) if finish_reason else (None, None)
         one = oa.ChatChunkChoice(
-            index=i, delta=delta, logprobs=lps, finish_reason=finish_reason, closed_at_budget=closed
+            index=i, delta=delta, logprobs=lps, finish_reason=finish_reason, closed_at_budget=closed, stop_reason=stop
         )
         return head.model_copy(update={"choices": [one]})
 
@@ -93,7 +129,7 @@ async def _chunks(
         elif out.finished:  # an "auto" answer that ended before its first character
             yield chunk(i, oa.DeltaMessage(), out, out.finish_reason)
     if include_usage:
-        yield head.model_copy(update={"choices": [], "usage": usage(prompt_tokens, choices)})
+        yield head.model_copy(update={"choices": [], "usage": usage(len(run.prompt_ids), choices)})
 
 
 def _calls_end(chunk, i: int, c: Choice, calls: CallStream) -> oa.ChatCompletionChunk:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from pydantic import BaseModel
 
-from slmserve.engine.scheduler import QueueFullError
-from slmserve.engine.structured import GrammarError
 from slmserve.server import errors
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 def sse(payload: BaseModel | dict | str) -> str:
@@ -89,16 +85,13 @@ async def sse_stream(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
             yield sse(chunk)
-    except QueueFullError:
-        yield sse(errors.error_body(429, errors.AT_CAPACITY, code="rate_limit_exceeded"))
-    except GrammarError as exc:
-        refused = errors.invalid_grammar(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the client still gets an error event and the end of the stream
+        refused = errors.of_exception(exc)
         yield sse(errors.error_body(refused.status, refused.message, refused.param, refused.code))
-    except errors.APIError as exc:
-        yield sse(errors.error_body(exc.status, exc.message, exc.param, exc.code))
-    except RuntimeError as exc:
-        yield sse(errors.error_body(503, str(exc), code="engine_error"))
-    except Exception:  # a fault of ours: the client still gets an error event and the end of the stream
-        log.exception("a stream failed")
-        yield sse(errors.error_body(500, "The server failed while streaming this response.", code="internal_error"))
     yield "data: [DONE]\n\n"
+
+
+def event(name: str, payload: BaseModel | dict) -> str:
+    """One named server-sent event, as the Responses and Messages APIs send them."""
+    data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload)
+    return f"event: {name}\ndata: {data}\n\n"

@@ -40,6 +40,18 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+class AnthropicErrorInfo(BaseModel):
+    type: str  # invalid_request_error, authentication_error, not_found_error, rate_limit_error, overloaded_error...
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """Anthropic's error shape: /v1/messages and /v1/messages/count_tokens."""
+
+    type: str = "error"
+    error: AnthropicErrorInfo
+
+
 class Detail(BaseModel):
     """The seeds' error shape: FastAPI's."""
 
@@ -75,6 +87,11 @@ def _responses(shape: type[BaseModel], statuses: tuple[int, ...]) -> dict[int | 
 def openai_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for an OpenAI route that may answer these statuses."""
     return _responses(ErrorResponse, statuses)
+
+
+def anthropic_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for an Anthropic route that may answer these statuses."""
+    return _responses(AnthropicError, statuses)
 
 
 def seed_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -196,6 +196,7 @@ class ChatChoice(BaseModel):
     finish_reason: str | None = None
     # An extra: the answer ran into max_tokens and the server closed it so it parses (finish_reason "stop").
     closed_at_budget: bool = False
+    stop_reason: str | None = None  # vLLM's extra: the stop string that ended the answer, if one did
 
 
 class ChatCompletion(BaseModel):
@@ -231,6 +232,7 @@ class ChatChunkChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
     closed_at_budget: bool | None = None  # on the last chunk: as in ChatChoice
+    stop_reason: str | None = None  # on the last chunk: as in ChatChoice
 
 
 class ChatCompletionChunk(BaseModel):
