@@ -190,11 +190,12 @@ def sample(
         token = int(np.argmax(logits))
     else:
         ids = np.arange(len(logits))
-        scaled = logits / params.temperature
+        # float64: a logit a penalty pushed to float32's floor, over a small temperature, stays finite.
+        scaled = logits.astype(np.float64) / params.temperature
         if 0 < params.top_k < len(scaled):
             ids = np.argpartition(scaled, -params.top_k)[-params.top_k :]
             scaled = scaled[ids]
-        probs = _softmax(scaled.astype(np.float64))
+        probs = _softmax(scaled)
         if params.min_p > 0:
             keep = probs >= params.min_p * probs.max()
             ids, probs = ids[keep], probs[keep]
