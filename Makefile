@@ -43,11 +43,14 @@ install: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(BIN)/slmserve serve $(ARGS)
 
-$(CHROMIUM):
-	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+# The web page test drives Debian's chromium; the shared-store tests start a real redis-server.
+REDIS := /usr/bin/redis-server
 
-test: $(VENV)/.installed-test $(CHROMIUM)
+$(CHROMIUM) $(REDIS):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium redis-server
+
+test: $(VENV)/.installed-test $(CHROMIUM) $(REDIS)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/python -m pytest $(ARGS)
 

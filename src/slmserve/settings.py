@@ -184,8 +184,8 @@ class Settings(BaseSettings):
     store_url: str | None = Field(
         None,
         description=(
-            "A shared store, redis://HOST:PORT/DB: stored responses (and in a cluster, rate limits) seen by every "
-            "server using it. Unset: a SQLite file under --state-dir."
+            "A shared store, redis://HOST:PORT/DB: the stored responses every server using it sees (a "
+            "cluster's gateway replicas). Unset: a SQLite file under --state-dir."
         ),
     )
     responses_retention_days: float = Field(

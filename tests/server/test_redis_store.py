@@ -1,0 +1,88 @@
+"""The shared store (--store-url redis://...) on a real redis-server: two servers (a cluster's gateway replicas)
+see the same responses; its size cap; Redis down is a clear error at start and a 503 at a request, not a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+
+import openai
+import pytest
+import redis
+
+from slmserve.server.redis_store import RedisStore
+from slmserve.server.store import StoreError
+from slmserve.tools.launch import free_port
+
+
+@pytest.fixture
+def redis_url():
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def client_of(served) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=served, max_retries=0)
+
+
+def test_two_servers_share_their_stored_responses(serve, redis_url):
+    one, two = client_of(serve(b"from one", store_url=redis_url)), client_of(serve(b"from two", store_url=redis_url))
+    first = one.responses.create(model="fake", input="Hi")
+    assert two.responses.retrieve(first.id).output_text == "from one"
+    follow = two.responses.create(model="fake", input="And you?", previous_response_id=first.id)
+    items = one.responses.input_items.list(follow.id, order="asc")
+    assert [i.content[0].text for i in items.data] == ["Hi", "from one", "And you?"]
+    two.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        one.responses.retrieve(first.id)
+
+
+def test_the_size_cap_drops_the_oldest(redis_url):
+    async def run() -> tuple[list[bool], int]:
+        store = RedisStore(redis_url, retention_s=3600, max_bytes=1000)
+        for i in range(5):
+            await store.put(f"r{i}", {"text": "x" * 300})
+        kept = [await store.get(f"r{i}") is not None for i in range(5)]
+        total = int(await store._redis.get("slmserve:responses:bytes"))
+        await store.close()
+        return kept, total
+
+    kept, total = asyncio.run(run())
+    assert kept == [False, False, True, True, True] and total <= 1000
+
+
+def test_redis_down_is_an_error_at_start_and_a_503_at_a_request(serve, redis_url):
+    with pytest.raises(StoreError, match="cannot be reached"):
+        RedisStore("redis://127.0.0.1:1/0", 60, 1000)
+    served = serve(b"ok", store_url=redis_url)
+    redis.Redis.from_url(redis_url).shutdown(nosave=True)
+    r = served.post("/v1/responses", json={"input": "Hi"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    m = served.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
+    assert m.status_code == 200  # only the stored state is gone, not the server
