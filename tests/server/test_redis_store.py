@@ -86,3 +86,35 @@ def test_redis_down_is_an_error_at_start_and_a_503_at_a_request(serve, redis_url
     assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
     m = served.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
     assert m.status_code == 200  # only the stored state is gone, not the server
+
+
+def test_two_servers_share_one_rate_limit_bucket_a_key(serve, redis_url):
+    limits = {"store_url": redis_url, "api_keys": ["alice:sk-a", "bob:sk-b"], "rate_limit_rpm": 3}
+    one, two = serve(b"ok", **limits), serve(b"ok", **limits)
+    alice = {"Authorization": "Bearer sk-a"}
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    codes = [s.post("/v1/chat/completions", json=chat, headers=alice).status_code for s in (one, two, one, two)]
+    assert codes == [200, 200, 200, 429]  # three a minute for alice over both servers, not three each
+    r = one.post("/v1/chat/completions", json=chat, headers={"x-api-key": "sk-b"})
+    assert r.status_code == 200 and r.headers["x-ratelimit-remaining-requests"] == "2"  # bob's own bucket
+
+
+def test_shared_token_limits_settle_what_a_request_did_not_use(serve, redis_url):
+    limits = {"store_url": redis_url, "api_keys": ["sk-a"], "rate_limit_tpm": 500}
+    one, two = serve(b"ok", **limits), serve(b"ok", **limits)
+    key = {"Authorization": "Bearer sk-a"}
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 300}
+    assert one.post("/v1/chat/completions", json=chat, headers=key).status_code == 200
+    # ~55 tokens used of the ~350 reserved: the rest came back, so the other server can reserve as much again.
+    r = two.post("/v1/chat/completions", json=chat, headers=key)
+    assert r.status_code == 200 and int(r.headers["x-ratelimit-remaining-tokens"]) < 500 - 100
+    assert two.post("/v1/chat/completions", json=chat | {"max_tokens": 400}, headers=key).status_code == 429
+
+
+def test_rate_limits_outlive_redis_going_down(serve, redis_url):
+    served = serve(b"ok", store_url=redis_url, api_keys=["sk-a"], rate_limit_rpm=2)
+    key = {"Authorization": "Bearer sk-a"}
+    redis.Redis.from_url(redis_url).shutdown(nosave=True)
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    codes = [served.post("/v1/chat/completions", json=chat, headers=key).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]  # this server's own bucket holds the limit meanwhile

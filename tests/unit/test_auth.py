@@ -2,7 +2,7 @@
 
 import pytest
 
-from slmserve.server import auth
+from slmserve.server import auth, rate_limits
 from slmserve.settings import Settings
 
 
@@ -39,8 +39,8 @@ class Clock:
 
 def test_a_bucket_refills_at_its_capacity_a_minute_and_takes_back_what_was_not_used(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(auth.time, "monotonic", clock)
-    bucket = auth.Bucket(60)
+    monkeypatch.setattr(rate_limits.time, "monotonic", clock)
+    bucket = rate_limits.Bucket(60)
     assert bucket.take(50) == 0.0 and bucket.remaining() == 10
     assert bucket.take(20) == pytest.approx(10.0)  # 10 more tokens at one a second
     assert bucket.remaining() == 10  # a refused take takes nothing
@@ -55,7 +55,7 @@ def test_a_bucket_refills_at_its_capacity_a_minute_and_takes_back_what_was_not_u
 
 
 def test_the_reset_headers_read_as_openai_writes_them():
-    assert auth._duration(0) == "0s"
-    assert auth._duration(1.2345) == "1.23s"
-    assert auth._duration(90.5) == "1m30.5s"
-    assert auth._duration(360) == "6m0s"
+    assert rate_limits._duration(0) == "0s"
+    assert rate_limits._duration(1.2345) == "1.23s"
+    assert rate_limits._duration(90.5) == "1m30.5s"
+    assert rate_limits._duration(360) == "6m0s"

@@ -1,26 +1,22 @@
-"""API keys and per-key rate limits: one ASGI middleware in front of every route, not a check in each.
+"""API keys and the requests-a-minute limit: one ASGI middleware in front of every route, not a check in each.
 
 With keys configured, every route but a few public ones needs `Authorization: Bearer KEY` or `x-api-key: KEY`;
-the key is compared in constant time and only its name travels on (to logs and limits), never the key.
-Rate limits are token buckets per key (per client address when no keys are set): one of requests a minute,
-taken here, and one of tokens a minute, taken by serving when it admits a request (prompt + max_tokens) and
-settled when the request ends. Each response carries OpenAI's x-ratelimit-* headers.
+the key is compared in constant time and only its name travels on (to logs and limits), never the key. Rate
+limits (rate_limits.py) are per key, per client address when no keys are set; the tokens-a-minute bucket is
+taken by serving when it admits a request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
-import time
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slmserve.server import errors
+from slmserve.server.rate_limits import Client, Limiter, current_client
 from slmserve.server.request_context import current_record
 from slmserve.settings import Settings
 
@@ -28,9 +24,6 @@ from slmserve.settings import Settings
 # state changes, /info, /v1/models) needs a key: a route added later is closed until it is listed here.
 PUBLIC = {"/health", "/", "/ui", "/ui/dashboard", "/favicon.ico", "/docs", "/redoc", "/openapi.json"}
 PUBLIC_PREFIXES = ("/ui/static/",)
-
-# Buckets of client addresses are dropped once full (idle) when there are more than this many.
-MAX_CLIENTS = 10_000
 
 
 def load_keys(settings: Settings) -> dict[str, str]:
@@ -56,107 +49,6 @@ def load_keys(settings: Settings) -> dict[str, str]:
     return keys
 
 
-@dataclass
-class Bucket:
-    """A token bucket: `capacity` at most, refilled at capacity per minute."""
-
-    capacity: float
-    level: float = field(init=False)
-    stamp: float = field(default_factory=lambda: time.monotonic())
-
-    def __post_init__(self) -> None:
-        self.level = self.capacity
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.capacity / 60)
-        self.stamp = now
-
-    def take(self, amount: float) -> float:
-        """Take amount; 0.0 when taken, else the seconds until it could be (nothing taken)."""
-        self._refill()
-        if self.level >= amount:
-            self.level -= amount
-            return 0.0
-        return (amount - self.level) * 60 / self.capacity
-
-    def give(self, amount: float) -> None:
-        """Give back what a request reserved and did not use."""
-        self._refill()
-        self.level = min(self.capacity, self.level + amount)
-
-    def remaining(self) -> int:
-        self._refill()
-        return max(0, math.floor(self.level))
-
-    def reset_seconds(self) -> float:
-        """Seconds until the bucket is full again."""
-        self._refill()
-        return (self.capacity - self.level) * 60 / self.capacity
-
-    @property
-    def full(self) -> bool:
-        self._refill()
-        return self.level >= self.capacity
-
-
-@dataclass
-class Client:
-    """One key's (or address's) limits."""
-
-    name: str
-    requests: Bucket | None
-    tokens: Bucket | None
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """OpenAI's x-ratelimit-* headers for the limits that are set."""
-        out = []
-        for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
-            if bucket is not None:
-                out += [
-                    (f"x-ratelimit-limit-{kind}".encode(), str(int(bucket.capacity)).encode()),
-                    (f"x-ratelimit-remaining-{kind}".encode(), str(bucket.remaining()).encode()),
-                    (f"x-ratelimit-reset-{kind}".encode(), _duration(bucket.reset_seconds()).encode()),
-                ]
-        return out
-
-
-class Reservation:
-    """Tokens a request took at admission; `settle` gives back what it did not use."""
-
-    def __init__(self, client: Client | None, amount: int) -> None:
-        self.client, self.amount = client, amount
-
-    def settle(self, used: int) -> None:
-        if self.client is not None and self.client.tokens is not None and used < self.amount:
-            self.client.tokens.give(self.amount - used)
-        self.amount = min(self.amount, used)
-
-
-_client: ContextVar[Client | None] = ContextVar("slmserve_client", default=None)
-
-
-def reserve_tokens(amount: int) -> Reservation:
-    """Take amount tokens from the current client's tokens-a-minute bucket: 429 with Retry-After when it holds
-    too few now, 400 when the request alone is larger than the limit (a retry could never succeed)."""
-    client = _client.get()
-    bucket = client.tokens if client else None
-    if bucket is None:
-        return Reservation(None, amount)
-    if amount > bucket.capacity:
-        raise errors.APIError(
-            400,
-            f"This request needs {amount} tokens (prompt plus max_tokens); this API key may use "
-            f"{int(bucket.capacity)} tokens a minute. Lower max_tokens or shorten the prompt.",
-            param="max_tokens",
-            code="rate_limit_exceeded",
-        )
-    wait = bucket.take(amount)
-    if wait:
-        raise errors.rate_limited("tokens", int(bucket.capacity), wait)
-    return Reservation(client, amount)
-
-
 class Auth:
     """The middleware. Without keys or limits it passes every request through untouched."""
 
@@ -165,7 +57,11 @@ class Auth:
         self.keys = [(k.encode(), name) for k, name in keys.items()]
         self.rpm, self.tpm = settings.rate_limit_rpm, settings.rate_limit_tpm
         self.public = PUBLIC | ({"/metrics"} if settings.metrics_public or not keys else set())
-        self.clients: dict[str, Client] = {}
+        self.limiter = Limiter()
+        if settings.store_url and (self.rpm or self.tpm):  # buckets every server using the store shares
+            from slmserve.server.redis_store import RedisLimiter
+
+            self.limiter = RedisLimiter(settings.store_url)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -185,9 +81,9 @@ class Auth:
         if client is None:
             await self.app(scope, receive, send)
             return
-        wait = client.requests.take(1) if client.requests else 0.0
+        wait = await client.take("requests", 1) if client.rpm else 0.0
         if wait:
-            refusal = errors.rate_limited("requests", int(client.requests.capacity), wait)
+            refusal = errors.rate_limited("requests", client.rpm, wait)
             await self._refuse(request, scope, receive, send, refusal, client)
             return
 
@@ -196,11 +92,11 @@ class Auth:
                 message = {**message, "headers": [*message.get("headers", []), *client.headers()]}
             await send(message)
 
-        token = _client.set(client)
+        token = current_client.set(client)
         try:
             await self.app(scope, receive, send_limits)
         finally:
-            _client.reset(token)
+            current_client.reset(token)
 
     def _name(self, given: str | None) -> str | None:
         """The name of the key given, None for no key or one that is not ours."""
@@ -216,14 +112,7 @@ class Auth:
     def _client_for(self, name: str) -> Client | None:
         if self.rpm is None and self.tpm is None:
             return None
-        client = self.clients.get(name)
-        if client is None:
-            if len(self.clients) >= MAX_CLIENTS:
-                self.clients = {n: c for n, c in self.clients.items() if not _idle(c)}
-            client = self.clients[name] = Client(
-                name, Bucket(self.rpm) if self.rpm else None, Bucket(self.tpm) if self.tpm else None
-            )
-        return client
+        return Client(name, self.limiter, self.rpm, self.tpm)
 
     @staticmethod
     async def _refuse(
@@ -256,15 +145,3 @@ def _unauthorized(sent: bool) -> errors.APIError:
         else "Missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'."
     )
     return errors.APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-
-def _idle(client: Client) -> bool:
-    return all(b is None or b.full for b in (client.requests, client.tokens))
-
-
-def _duration(seconds: float) -> str:
-    """OpenAI's reset format: 1s, 6m0s, 1m30.5s."""
-    seconds = max(0.0, seconds)
-    minutes, rest = divmod(seconds, 60)
-    rest_text = f"{rest:.3g}s" if rest < 10 else f"{round(rest, 1):g}s"
-    return f"{int(minutes)}m{rest_text}" if minutes else rest_text

@@ -18,7 +18,7 @@ from slmserve.engine.sampling import DRY_FIELDS, SamplingParams, TokenLogprobs
 from slmserve.engine.structured import GrammarError, grammar_from
 from slmserve.models.chat_template import chat_prompt_ids, text_of
 from slmserve.models.special_text import SpecialTextError
-from slmserve.server import auth, errors
+from slmserve.server import errors, rate_limits
 from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
 from slmserve.server.limits import off_loop
@@ -228,7 +228,6 @@ class Serving:
     ) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Outputs of n choices of one prompt, interleaved as they come: (choice index, output)."""
         self.admit(n)
-        reservation = auth.reserve_tokens(len(prompt_ids) + n * params.max_tokens)
         base = uuid.uuid4().hex
         streams = [
             self.metrics.observe(
@@ -236,7 +235,7 @@ class Serving:
             )
             for i in range(n)
         ]
-        return _accounted(merge(streams), len(prompt_ids), n, reservation)
+        return _accounted(merge(streams), len(prompt_ids), n, len(prompt_ids) + n * params.max_tokens)
 
     @staticmethod
     def _for_choice(params: SamplingParams, i: int) -> SamplingParams:
@@ -291,14 +290,20 @@ class Serving:
 
 
 async def _accounted(
-    stream: AsyncIterator[tuple[int, RequestOutput]], prompt_len: int, n: int, reservation: auth.Reservation
+    stream: AsyncIterator[tuple[int, RequestOutput]], prompt_len: int, n: int, most: int
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """The stream, aborted with a 504 once the HTTP request's deadline passes. When it ends, its tokens go on the
-    request's record (for the log) and settle its rate-limit reservation; a request the engine never took costs
-    nothing."""
+    """The stream, aborted with a 504 once the HTTP request's deadline passes. Awaited first, it takes the `most`
+    tokens the request may use from the key's tokens-a-minute bucket (429 when it holds too few); when it ends,
+    its tokens go on the request's record (for the log) and settle that reservation; a request the engine never
+    took costs nothing."""
     record = current_record()
     produced = [0] * n
     accepted = False
+    try:
+        reservation = await rate_limits.reserve_tokens(most)  # on the first item: a 429 is still an HTTP error
+    except BaseException:
+        await stream.aclose()
+        raise
     try:
         while True:
             deadline = asyncio.timeout(record.remaining() if record else None)
@@ -317,7 +322,7 @@ async def _accounted(
     finally:
         await stream.aclose()
         used = prompt_len + sum(produced) if accepted else 0
-        reservation.settle(used)
+        await reservation.settle(used)
         if record is not None and accepted:
             record.prompt_tokens += prompt_len
             record.completion_tokens += sum(produced)

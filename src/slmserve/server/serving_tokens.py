@@ -7,7 +7,7 @@ import base64
 import numpy as np
 
 from slmserve.models.chat_template import text_of
-from slmserve.server import auth, errors
+from slmserve.server import errors, rate_limits
 from slmserve.server.limits import off_loop
 from slmserve.server.protocol import embeddings as pe
 from slmserve.server.request_context import current_record
@@ -60,7 +60,7 @@ async def create_embedding(serving: Serving, req: pe.EmbeddingRequest) -> pe.Emb
             param="input",
             code="context_length_exceeded",
         )
-    auth.reserve_tokens(n_tokens)  # tokens a minute: all of them are used, nothing comes back
+    await rate_limits.reserve_tokens(n_tokens)  # tokens a minute: all of them are used, nothing comes back
     vectors = await serving.engine.embed(token_lists)
     if req.dimensions is not None and req.dimensions != vectors.shape[1]:
         raise errors.APIError(
