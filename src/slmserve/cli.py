@@ -229,6 +229,9 @@ def cluster(
         float,
         typer.Option(help="Most ms a model host holds tokens before it sends them (0: at every step; longer: faster)."),
     ] = 100,
+    gateways: Annotated[
+        int, typer.Option(help="Gateway replicas (with --ray-proxy); share state with --store-url.")
+    ] = 1,
     direct_ingress: Annotated[
         bool,
         typer.Option(
@@ -258,10 +261,11 @@ def cluster(
             threads=threads,
             drain_seconds=drain_seconds,
             stream_interval_ms=stream_interval_ms,
+            gateways=gateways,
         )
     )
     _checked(settings.per_model)
-    run_cluster(settings, options, direct_ingress=direct_ingress)
+    _checked(functools.partial(run_cluster, settings, options, direct_ingress=direct_ingress))
 
 
 # Settings of the HTTP server only: `generate` and `chat` run the engine in the terminal and do not show them.

@@ -4,9 +4,6 @@ see the same responses; its size cap; Redis down is a clear error at start and a
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
 
 import openai
 import pytest
@@ -14,37 +11,13 @@ import redis
 
 from slmserve.server.redis_store import RedisStore
 from slmserve.server.store import StoreError
-from slmserve.tools.launch import free_port
+from tests.services import redis_server
 
 
 @pytest.fixture
 def redis_url():
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "/usr/bin/redis-server",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
+    with redis_server() as url:
+        yield url
 
 
 def client_of(served) -> openai.OpenAI:

@@ -44,12 +44,15 @@ class ClusterOptions:
     # process's tokens/s in three runs, ahead of a message a request per 4 tokens in 8 of 12 rounds
     # (docs/PERFORMANCE.md).
     stream_interval_ms: float = 100.0
+    # Gateway replicas (the FastAPI app) behind Ray's proxy; with more than one, give them a shared --store-url so
+    # stored responses and rate limits are the same whichever answers.
+    gateways: int = 1
 
     def __post_init__(self) -> None:
         if self.upscale_delay_s < 0 or self.downscale_delay_s < 0 or self.stream_interval_ms < 0:
             raise ValueError("upscale and downscale delays and stream_interval_ms cannot be negative")
-        if self.replicas < 1 or self.min_replicas < 0 or self.threads < 1:
-            raise ValueError("replicas and threads must be at least 1, min_replicas at least 0")
+        if self.replicas < 1 or self.min_replicas < 0 or self.threads < 1 or self.gateways < 1:
+            raise ValueError("replicas, gateways and threads must be at least 1, min_replicas at least 0")
         if self.max_replicas is not None and self.max_replicas < max(self.min_replicas, 1):
             raise ValueError("max_replicas must be at least min_replicas and 1")
 
@@ -119,6 +122,7 @@ def build(settings: Settings, options: ClusterOptions):
         ray_actor_options={"num_cpus": 0},  # it waits on hosts; its CPU share is tokenizing and JSON
         max_ongoing_requests=10_000,
         graceful_shutdown_timeout_s=options.drain_seconds,
+        num_replicas=options.gateways,
     )
     return gateway.bind(settings.model_dump(), hosts, options.most_replicas)
 

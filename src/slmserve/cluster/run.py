@@ -46,6 +46,8 @@ def run_cluster(settings: Settings, options, *, direct_ingress: bool = True) -> 
     token than through Ray's proxy actor and with more of the machine left to the engines (docs/PERFORMANCE.md).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from machines without internet
+    if direct_ingress and options.gateways > 1:
+        raise ValueError("several gateways share one port through Ray's proxy: add --ray-proxy")
     if direct_ingress:
         os.environ.update(direct_ingress_env(settings.port))
     import ray
