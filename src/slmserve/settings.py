@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     max_length_limit: int = Field(200, ge=10, description="/generate: the largest max_length (prompt + new tokens).")
     default_max_length: int = Field(50, ge=10, description="/generate: max_length when the request gives none.")
     default_temperature: float = Field(0.7, ge=0, le=2, description="/generate: temperature when none is given.")
-    # DRY, llama.cpp's repetition sampler: the defaults of requests that do not set its fields (README, "DRY").
+    # DRY, llama.cpp's repetition sampler: the defaults of requests that do not set its fields (docs/api.md, "DRY").
     dry_multiplier: float = Field(
         0.0,
         ge=0,

@@ -2,8 +2,8 @@
 
 Every message a model host sends the gateway costs both processes CPU the engines would use: on 2 cores, 32
 streams of one message per request per 4 tokens cost the cluster 5-15% of the single process's tokens/s, and
-without those messages the loss was gone (docs/PERFORMANCE.md). So once a gateway has a channel open to a
-replica, the replica moves its requests' outputs onto it: one message carries what all of them made since the
+without those messages the loss was gone (docs/notes/2026-11-25-cluster-hop.md). So once a gateway has a channel
+open to a replica, the replica moves its requests' outputs onto it: one message carries what all of them made since the
 last: after an interval (the cluster's --stream-interval-ms), or at once when one of them ends, never more
 than once an engine step. Each request's tokens are joined into one output, so one SSE chunk reaches its user.
 

@@ -1,4 +1,4 @@
-"""Request and response types of the five seed designs' APIs (see README, "Seed APIs")."""
+"""Request and response types of the five seed designs' APIs (see docs/api.md, "Seed APIs")."""
 
 from __future__ import annotations
 
