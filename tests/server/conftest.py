@@ -21,10 +21,11 @@ class Served(TestClient):
 @pytest.fixture
 def serve(tmp_path):
     """serve(script=b"...", **settings) -> a client of an app whose model writes `script` to every request, then
-    its end of text. Stored state goes under tmp_path unless the settings say otherwise."""
+    its end of text. Stored state goes under tmp_path unless the settings say otherwise. raise_server_exceptions:
+    False to see a 500 as the client does (else the test raises the server's exception)."""
     clients: list[Served] = []
 
-    def start(script: bytes = b"hello world", **settings) -> Served:
+    def start(script: bytes = b"hello world", raise_server_exceptions: bool = True, **settings) -> Served:
         runner = ChatRunner(script)
         engine = make_engine(runner, kv_capacity=4096)
         prompts: list[str] = []
@@ -37,7 +38,7 @@ def serve(tmp_path):
         engine.add_request = recording
         model = LoadedModel("fake", None, engine, runner, runner.tokenizer, ChatTemplate(None, "", ""), 2048)
         settings = {"model": "fake", "state_dir": str(tmp_path / "state")} | settings
-        client = Served(create_app(Settings(**settings), model))
+        client = Served(create_app(Settings(**settings), model), raise_server_exceptions=raise_server_exceptions)
         client.prompts = prompts
         clients.append(client.__enter__())
         return client

@@ -245,9 +245,11 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
     async def _mapped(request: Request, exc: Exception) -> JSONResponse:
         return respond(request, of_exception(exc, retry_after))
 
-    mapped = (APIError, QueueFullError, EngineDeadError, UnknownAdapterError, GrammarError, EngineStepError, StoreError)
-    for kind in mapped:
+    mapped = (APIError, QueueFullError, UnknownAdapterError, GrammarError, StoreError, RuntimeError)
+    for kind in mapped:  # RuntimeError covers EngineDeadError and EngineStepError
         app.add_exception_handler(kind, _mapped)
+    # Anything else is a bug of ours: still a 500 in the route's shape (Starlette then logs the traceback).
+    app.add_exception_handler(Exception, _mapped)
 
 
 def body_too_large(limit: int, size: int | None = None) -> APIError:
