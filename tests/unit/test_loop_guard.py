@@ -122,3 +122,38 @@ def test_a_list_that_must_go_on_is_not_closed_by_the_guard():
     out, _ = run(b'["a", "b", "b", "b", "b", "b"]', grammar_from("json_schema", schema), max_tokens=60)
     answer = json.loads(out["text"])
     assert len(answer) >= 4 and out["finish"] == "stop"  # valid: the repeat stays where the schema needs items
+
+
+INCLUDE = b'You can use it like this:\n#include "stdlib.h"\n'
+
+
+def test_a_text_answer_that_writes_a_line_a_third_time_is_ended_before_it():
+    grammar = grammar_from("lark", _tools_grammar())
+    out, _ = run(INCLUDE + b'#include "stdlib.h"\n' * 20, grammar, max_tokens=300)
+    assert out["text"] == (INCLUDE + b'#include "stdlib.h"\n').decode()  # two copies kept, the third taken back
+    assert out["finish"] == "stop" and out["n"] < 100
+
+
+def test_short_lines_and_refrains_are_not_loops():
+    grammar = grammar_from("lark", _tools_grammar())
+    song = b"Row, row, row your boat\n}\n}\n}\n}\nRow, row, row your boat\nGently down the stream\n"
+    out, _ = run(song, grammar, max_tokens=300)
+    assert out["text"] == song.decode() and out["finish"] == "stop"
+
+
+def test_a_line_that_may_be_a_third_copy_is_held_until_it_differs():
+    guard = LoopGuard(GuardVocab(ByteTokenizer().token_bytes, VOCAB, VOCAB, ends=(256,)))
+    for b in b"hello there friend\nhello there friend\nhello th":
+        guard.push(b)
+    released = bytes(guard.release())
+    assert released == b"hello there friend\nhello there friend\n"  # "hello th" may still become the third
+    for b in b"ey\n":
+        guard.push(b)
+    assert bytes(guard.release()) == b"hello they\n"
+    for b in b"hello there friend":
+        guard.push(b)
+    assert guard.push(ord("\n")) == len(b"hello there friend\n") and guard.must_end
+    guard.rollback(len(b"hello there friend\n"))
+    allowed = np.ones(VOCAB, dtype=bool)
+    guard.ban(allowed)
+    assert np.flatnonzero(allowed).tolist() == [256]  # only the end of the answer

@@ -7,7 +7,8 @@ same list verbatim, takes the item back (with its separator) and makes the model
 would continue it are banned until it is closed. A repeated key of an object is taken back the same way. A second
 call of the same tool in one answer, or a call identical to one the conversation already holds a result for, is
 taken back and the calls end there (an answer that has no call left answers in text). Each list, object or
-answer is taken back at most once, so the guard ends.
+answer is taken back at most once, so the guard ends. A plain-text answer beside tools that writes a line a third
+time is taken back to that line and ended (repeated_lines.py).
 
 Text that could still be taken back is held: not streamed until the item is known to be new. Greedy stays
 deterministic: the guard's decisions depend on the tokens only.
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_QUOTE, _BACKSLASH, _COMMA, _LT = ord('"'), ord("\\"), ord(","), ord("<")
+from slmserve.engine.repeated_lines import RepeatedLines
+
+_QUOTE, _BACKSLASH, _COMMA, _LT, _NEWLINE = ord('"'), ord("\\"), ord(","), ord("<"), ord("\n")
 _OPEN, _CLOSE = b"[{", b"]}"
 CALL_OPEN = b"<tool_call>"
 
@@ -43,9 +46,11 @@ def call_key(name: str, arguments: object) -> str:
 
 
 class GuardVocab:
-    """Per-vocabulary facts the guard needs: each token's bytes, and the tokens holding a comma or a '<'."""
+    """Per-vocabulary facts the guard needs: each token's bytes, the tokens holding a comma or a '<', and the
+    tokens that end an answer."""
 
-    def __init__(self, token_bytes, vocab_size: int, num_tokens: int) -> None:
+    def __init__(self, token_bytes, vocab_size: int, num_tokens: int, ends: tuple[int, ...] = ()) -> None:
+        self.ends = np.array(sorted(ends), dtype=np.int64)
         self.pieces = [token_bytes(i) if i < num_tokens else b"" for i in range(vocab_size)]
         self.commas = np.array([i for i, p in enumerate(self.pieces) if b"," in p], dtype=np.int64)
         by_first: dict[int, list[int]] = {}
@@ -68,6 +73,7 @@ class LoopGuard:
         self.answered_calls = answered_calls
         self.frozen: set[int] = set()  # frames (by start offset) that must close: a repeat was taken back
         self.no_calls = False  # an answered call was taken back: no more calls
+        self.must_end = False  # a plain-text answer looped: it ends once the forced bytes are written
         self.taken_back = 0  # tokens taken back so far (for the record)
         self.silent: set[int] = set()  # tokens that carry no text: the end-of-answer token
         # After a take-back, what the model must write next: the end of the item kept (the bytes its last token
@@ -86,7 +92,8 @@ class LoopGuard:
         self._string_start = 0
         self._call_start: int | None = None  # offset of the call being written (held while answered calls exist)
         self._top_start = 0  # offset where the current top-level value began
-        self._text = False  # a plain-text answer (tools "auto"): nothing to guard
+        self._text = False  # a plain-text answer (tools "auto"): only its lines are watched
+        self._lines = RepeatedLines()
         self._decided = False  # the answer's first byte that is not a space has been read
         self._called: set[str] = set()  # the tools this answer has called
         self._closing_bracket = b""  # what closes the list or object of the repeat last found
@@ -140,6 +147,8 @@ class LoopGuard:
         marks = [f.sep for f in self._stack if f.sep is not None and (f.kind == _OPEN[0] or f.key_open)]
         if self._call_start is not None:
             marks.append(self._call_start)
+        if self._text and self._lines.may_repeat(self.buf):
+            marks.append(self._lines.start)
         return min(marks, default=len(self.buf))
 
     def ban(self, allowed: np.ndarray) -> None:
@@ -155,6 +164,10 @@ class LoopGuard:
                 allowed[ids] = True
                 return
             self.forced = b""  # the grammar allows none of it (e.g. minItems): the bans below only
+        if self.must_end and len(ends := self.vocab.ends[allowed[self.vocab.ends]]):
+            allowed[:] = False
+            allowed[ends] = True
+            return
         banned: list[int] = []
         if self.no_calls and not self._stack:
             banned += list(self.vocab.angles[allowed[self.vocab.angles]])
@@ -187,6 +200,8 @@ class LoopGuard:
         for i, b in enumerate(piece, offset):
             self.buf.append(b)
             if self._text:
+                if b == _NEWLINE and (found := self._lines.newline(self.buf, i)) is not None and not self.must_end:
+                    back_to, self.must_end = found, True
                 continue
             if self.in_string:
                 if self._escape:

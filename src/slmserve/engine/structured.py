@@ -113,7 +113,10 @@ class Grammars:
     def guard_vocab(self) -> GuardVocab:
         with self._lock:  # ~50 ms for a 49k vocabulary, on the first structured request
             if self._guard_vocab is None:
-                self._guard_vocab = GuardVocab(self._tokenizer.token_bytes, self.vocab_size, self._tokenizer.vocab_size)
+                ends = tuple(self._tokenizer.eog_token_ids)
+                self._guard_vocab = GuardVocab(
+                    self._tokenizer.token_bytes, self.vocab_size, self._tokenizer.vocab_size, ends
+                )
             return self._guard_vocab
 
     @property
