@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from slmserve.engine.loop_guard import GuardVocab, LoopGuard, call_key
+from slmserve.engine.repeated_lines import looping_tail
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import Trim
 from slmserve.engine.structured import grammar_from
@@ -157,3 +158,30 @@ def test_a_line_that_may_be_a_third_copy_is_held_until_it_differs():
     allowed = np.ones(VOCAB, dtype=bool)
     guard.ban(allowed)
     assert np.flatnonzero(allowed).tolist() == [256]  # only the end of the answer
+
+
+SUMMARY = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+
+
+def test_a_loop_inside_a_string_is_cut_to_its_first_copy_and_the_string_closed():
+    loop = b'{"summary": "Export fails. The export button does nothing. The export button does nothing. The export '
+    out, _ = run(loop + b"button does nothing. " * 20 + b'"}', grammar_from("json_schema", SUMMARY))
+    assert json.loads(out["text"]) == {"summary": "Export fails. The export button does nothing."}
+    assert out["finish"] == "stop" and not out["closed"]
+
+
+def test_counting_inside_a_string_is_a_loop_but_a_few_numbers_are_data():
+    counting = b'{"summary": "Open on days ' + b"".join(b"%d, " % d for d in range(10, 60)) + b'"}'
+    out, _ = run(counting, grammar_from("json_schema", SUMMARY))
+    assert json.loads(out["text"]) == {"summary": "Open on days 10,"} and out["finish"] == "stop"
+    years = b'{"summary": "Won in 2018, 2019, 2020, 2021, 2022 and 2023. Very very good."}'
+    out, _ = run(years, grammar_from("json_schema", SUMMARY))
+    assert out["text"] == years.decode()
+
+
+def test_looping_tail_finds_where_the_second_copy_begins():
+    assert looping_tail(b"Architect, Architect, Architect, ") == len(b"Architect, ")
+    assert looping_tail(b"at :23:23:23:23") == len(b"at :23")
+    assert looping_tail(b"metropolitan metropolitan ") is None  # two copies may be meant
+    assert looping_tail(b"ha ha ha ") is None  # 9 bytes: too short to call a loop
+    assert looping_tail(b"v1.2.3, v1.2.4, v1.2.5, ") is None

@@ -8,7 +8,8 @@ would continue it are banned until it is closed. A repeated key of an object is 
 call of the same tool in one answer, or a call identical to one the conversation already holds a result for, is
 taken back and the calls end there (an answer that has no call left answers in text). Each list, object or
 answer is taken back at most once, so the guard ends. A plain-text answer beside tools that writes a line a third
-time is taken back to that line and ended (repeated_lines.py).
+time is taken back to that line and ended; a string whose text ends in a loop is taken back to its first copy
+and closed (repeated_lines.py).
 
 Text that could still be taken back is held: not streamed until the item is known to be new. Greedy stays
 deterministic: the guard's decisions depend on the tokens only.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from slmserve.engine.repeated_lines import RepeatedLines
+from slmserve.engine.repeated_lines import BOUNDARY, MAX_UNIT, RepeatedLines, looping_tail
 
 _QUOTE, _BACKSLASH, _COMMA, _LT, _NEWLINE = ord('"'), ord("\\"), ord(","), ord("<"), ord("\n")
 _OPEN, _CLOSE = b"[{", b"]}"
@@ -74,6 +75,8 @@ class LoopGuard:
         self.frozen: set[int] = set()  # frames (by start offset) that must close: a repeat was taken back
         self.no_calls = False  # an answered call was taken back: no more calls
         self.must_end = False  # a plain-text answer looped: it ends once the forced bytes are written
+        self.cut_strings: set[int] = set()  # strings (by start offset) a loop was cut from: closed at once
+        self._string_loop = False  # the repeat just found is a loop inside a string
         self.taken_back = 0  # tokens taken back so far (for the record)
         self.silent: set[int] = set()  # tokens that carry no text: the end-of-answer token
         # After a take-back, what the model must write next: the end of the item kept (the bytes its last token
@@ -106,12 +109,14 @@ class LoopGuard:
             self.silent.add(token)
         start, piece = len(self.buf), self.vocab.pieces[token] if text else b""
         self.forced = self.forced[len(piece) :] if self.forced.startswith(piece) else b""
+        self._string_loop = False
         back_to = self._scan(piece, start)
         self._ends.append(len(self.buf))
         if back_to is None or not self.enabled:
             return 0
         keep = sum(1 for end in self._ends if end <= back_to)
         if keep < self._released:  # streamed text is never taken back
+            self.forced = b'"' if self._string_loop else b""  # a loop in a string still ends: closed here
             return 0
         kept_end = self._ends[keep - 1] if keep else 0
         self.forced = bytes(self.buf[kept_end:back_to]) + (b"" if self.no_calls else self._closing_bracket)
@@ -149,6 +154,8 @@ class LoopGuard:
             marks.append(self._call_start)
         if self._text and self._lines.may_repeat(self.buf):
             marks.append(self._lines.start)
+        if self.in_string and self._string_start not in self.cut_strings:  # the copies of a loop to take back
+            marks.append(max(self._string_start + 1, len(self.buf) - 2 * MAX_UNIT))
         return min(marks, default=len(self.buf))
 
     def ban(self, allowed: np.ndarray) -> None:
@@ -201,7 +208,7 @@ class LoopGuard:
             self.buf.append(b)
             if self._text:
                 if b == _NEWLINE and (found := self._lines.newline(self.buf, i)) is not None and not self.must_end:
-                    back_to, self.must_end = found, True
+                    back_to, self.must_end, self._closing_bracket = found, True, b""
                 continue
             if self.in_string:
                 if self._escape:
@@ -211,6 +218,8 @@ class LoopGuard:
                 elif b == _QUOTE:
                     self.in_string = False
                     back_to = self._key_read(i) if back_to is None else back_to
+                elif b in BOUNDARY and back_to is None and self._string_start not in self.cut_strings:
+                    back_to = self._loop_in_string(i)
             elif b == _QUOTE:
                 self.in_string, self._string_start, self._decided = True, i, True
             elif b in _OPEN:
@@ -232,6 +241,15 @@ class LoopGuard:
             elif not self._stack:
                 self._outside(b, i)
         return back_to
+
+    def _loop_in_string(self, i: int) -> int | None:
+        """A string whose text now ends in a loop: where its second copy begins; the string is to be closed."""
+        found = looping_tail(bytes(self.buf[self._string_start + 1 : i + 1]))
+        if found is None:
+            return None
+        self.cut_strings.add(self._string_start)
+        self._closing_bracket, self._string_loop = b'"', True
+        return self._string_start + 1 + found
 
     def _outside(self, b: int, i: int) -> None:
         """A byte outside any JSON value: a call's tags, the newlines between calls, or a plain-text answer."""
@@ -265,7 +283,7 @@ class LoopGuard:
         closed by `bracket`); else None, and `value` is remembered."""
         if value in top.seen and top.sep is not None and top.start not in self.frozen:
             self.frozen.add(top.start)
-            self._closing_bracket = bracket
+            self._closing_bracket, self._string_loop = bracket, False
             return top.sep
         top.seen.add(value)
         return None

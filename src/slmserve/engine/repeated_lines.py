@@ -31,3 +31,37 @@ class RepeatedLines:
         """Whether the line being written could still turn out a third copy (it is held until it cannot)."""
         current = bytes(buf[self.start :]).lstrip()
         return any(n == THIRD - 1 and line.startswith(current) for line, n in self.counts.items())
+
+
+# Loops inside a JSON string: `"Architect, Architect, Architect, ..."`, `":23:23:23:23"`, `"30, 31, 32, 33, ..."`.
+BOUNDARY = frozenset(b" ,.;:-/)")  # a unit of a loop ends at one of these (checked only there)
+MAX_UNIT = 64
+VERBATIM_COPIES, VERBATIM_BYTES = 3, 12
+COUNTING_COPIES = 8  # digits aside: "2019, 2020, 2021" may be data; eight in a row is counting
+_DIGITS = bytes.maketrans(b"0123456789", b"0000000000")
+
+
+def looping_tail(text: bytes) -> int | None:
+    """Where the second copy of a loop at the end of text begins (the first copy is kept), else None: the same unit
+    of 2-64 bytes at least 3 times verbatim (12 bytes or more), or, its digits aside, at least 8 times."""
+    norm = text.translate(_DIGITS)
+    for p in range(2, min(MAX_UNIT, len(text) // VERBATIM_COPIES) + 1):
+        if _copies(text, p, VERBATIM_COPIES) and (n := _run(text, p)) * p >= VERBATIM_BYTES:
+            return len(text) - (n - 1) * p
+        if len(text) >= COUNTING_COPIES * p and _copies(norm, p, COUNTING_COPIES) and b"0" in norm[-p:]:
+            return len(text) - (_run(norm, p) - 1) * p
+    return None
+
+
+def _copies(text: bytes, p: int, n: int) -> bool:
+    """Whether text ends with n copies of its last p bytes."""
+    unit = text[-p:]
+    return all(text[len(text) - (k + 1) * p : len(text) - k * p] == unit for k in range(1, n))
+
+
+def _run(text: bytes, p: int) -> int:
+    """How many copies of its last p bytes text ends with."""
+    n = 1
+    while (n + 1) * p <= len(text) and text[len(text) - (n + 1) * p : len(text) - n * p] == text[-p:]:
+        n += 1
+    return n
