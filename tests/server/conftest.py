@@ -22,11 +22,17 @@ class Served(TestClient):
 def serve(tmp_path):
     """serve(script=b"...", **settings) -> a client of an app whose model writes `script` to every request, then
     its end of text. Stored state goes under tmp_path unless the settings say otherwise. raise_server_exceptions:
-    False to see a 500 as the client does (else the test raises the server's exception)."""
+    False to see a 500 as the client does (else the test raises the server's exception). runner: a ChatRunner of
+    the test's own instead."""
     clients: list[Served] = []
 
-    def start(script: bytes = b"hello world", raise_server_exceptions: bool = True, **settings) -> Served:
-        runner = ChatRunner(script)
+    def start(
+        script: bytes = b"hello world",
+        raise_server_exceptions: bool = True,
+        runner: ChatRunner | None = None,
+        **settings,
+    ) -> Served:
+        runner = runner or ChatRunner(script)
         engine = make_engine(runner, kv_capacity=4096)
         prompts: list[str] = []
         add = engine.add_request

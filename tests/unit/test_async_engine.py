@@ -88,9 +88,12 @@ def test_cancelling_the_consumer_aborts_the_request():
 
 def test_queue_full_and_shutdown_are_reported_to_callers():
     async def main():
-        engine = AsyncEngine(make_engine(max_running=1, max_waiting=0))
+        engine = AsyncEngine(make_engine(ScriptedRunner(script=b"x" * 10_000), max_running=1, max_waiting=0))
+        first = engine.generate([1], SamplingParams(max_tokens=5000))
+        await anext(first)  # accepted: the one running slot
         with pytest.raises(QueueFullError):
             await text(engine, [1])
+        await first.aclose()
         engine.shutdown()
         with pytest.raises(EngineDeadError):
             await text(engine, [1])

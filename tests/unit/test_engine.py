@@ -73,9 +73,10 @@ def test_seed_reproduces_sampled_text_and_seeds_differ():
 
 def test_queue_full_is_raised_to_the_caller():
     engine = make_engine(max_running=1, max_waiting=1)
-    engine.add_request("a", [1], SamplingParams())
+    engine.add_request("a", [1], SamplingParams())  # the free slot
+    engine.add_request("b", [1], SamplingParams())  # the waiting place
     with pytest.raises(QueueFullError):
-        engine.add_request("b", [1], SamplingParams())
+        engine.add_request("c", [1], SamplingParams())
 
 
 def test_eos_token_is_counted_but_not_shown():

@@ -68,10 +68,10 @@ def test_slots_limit_running_and_a_removed_sequence_frees_its_slot_at_once():
 
 def test_waiting_queue_is_bounded():
     sched = Scheduler(max_running=1, max_waiting=2, token_budget=8, kv_capacity=100)
-    sched.add(seq("a", 2))
-    sched.add(seq("b", 2))
+    for name in "abc":  # the free slot and the two waiting places
+        sched.add(seq(name, 2))
     with pytest.raises(QueueFullError):
-        sched.add(seq("c", 2))
+        sched.add(seq("d", 2))
 
 
 def test_a_freed_slot_lends_its_prefix_to_a_new_sequence():
@@ -205,3 +205,13 @@ def test_drop_caches_forgets_an_unloaded_adapters_kv():
     run_once(sched, "a", "pirate")
     sched.drop_caches("pirate")  # a new adapter may take the name: its KV would differ
     assert run_once(sched, "b", "pirate") == [(0, 6)]
+
+
+def test_a_burst_before_a_step_may_fill_the_free_slots_as_well_as_the_waiting_places():
+    sched = Scheduler(max_running=4, max_waiting=8, token_budget=64, kv_capacity=1000)
+    for i in range(12):  # 4 free slots and 8 waiting places, all before the first step
+        sched.add(seq(str(i), 3, start=10 * i))
+    with pytest.raises(QueueFullError):
+        sched.add(seq("13", 3, start=500))
+    decode_one(sched, sched.schedule())  # 4 run, 8 wait: the room is the waiting places alone now
+    assert len(sched.running) == 4 and sched.room == 0

@@ -72,6 +72,10 @@ class RayEngineClient:
         return self._max_waiting
 
     @property
+    def room(self) -> int:
+        return self._max_waiting - self._waiting
+
+    @property
     def embed_len(self) -> int:
         return self._embed_len
 

@@ -119,6 +119,11 @@ class AsyncEngine:
         return self.engine.scheduler.max_waiting
 
     @property
+    def room(self) -> int:
+        """Sequences the engine can take now (the scheduler's room, less those on their way to it)."""
+        return self.engine.scheduler.room - len(self._pending)
+
+    @property
     def alive(self) -> bool:
         """Whether the engine thread still serves."""
         return self._error is None and self._thread.is_alive()
@@ -213,7 +218,7 @@ class AsyncEngine:
         Raises QueueFullError at once when over capacity."""
         if self._error is not None:
             raise self._error
-        if self.num_waiting >= self.max_waiting:
+        if self.room <= 0:
             raise QueueFullError(f"{self.num_waiting} requests are already waiting")
         request_id = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()

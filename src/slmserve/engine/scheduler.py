@@ -90,8 +90,14 @@ class Scheduler:
     def kv_used(self) -> int:
         return sum(s.num_computed for s in self.running) + self.num_cached_tokens
 
+    @property
+    def room(self) -> int:
+        """Sequences that can be added now: the waiting places, and the running slots free until the next step
+        (a burst before a step must not be refused for the slots it is about to fill)."""
+        return self.max_waiting + max(0, self.max_running - len(self.running)) - len(self.waiting)
+
     def add(self, seq: Sequence) -> None:
-        if len(self.waiting) >= self.max_waiting:
+        if self.room <= 0:
             raise QueueFullError(f"{len(self.waiting)} requests are already waiting")
         self.waiting.append(seq)
 

@@ -29,6 +29,11 @@ class EngineClient(Protocol):
     @property
     def max_waiting(self) -> int: ...
 
+    @property
+    def room(self) -> int:
+        """Sequences it can take now: free waiting places and running slots; admission refuses past it."""
+        ...
+
     def generate(
         self,
         prompt_token_ids: list[int],

@@ -210,7 +210,7 @@ class Serving:
         return Structure(grammar, param, smallest, guarded, answered)
 
     def admit(self, n: int) -> None:
-        """Refuse up front when n more sequences would overflow the waiting queue: a 429 to retry later, or a 400
+        """Refuse up front when the engine has no room for n more sequences now: a 429 to retry later, or a 400
         when n alone is more than the queue holds (a retry could never succeed)."""
         if n > self.engine.max_waiting:
             raise errors.APIError(
@@ -219,7 +219,7 @@ class Serving:
                 f"{self.engine.max_waiting}. Split it into smaller requests.",
                 param="n",
             )
-        if self.engine.num_waiting + n > self.engine.max_waiting:
+        if n > self.engine.room:
             self.metrics.rejected.inc()
             raise errors.queue_full(self.retry_after)
 
