@@ -2,9 +2,9 @@
 
 from transformers import AutoTokenizer
 
-from slmserve.engine.runner_llamacpp import LlamaCppVocab
-from slmserve.engine.runner_torch import HFTokenizer
 from slmserve.models.chat_template import ChatTemplate, HFChatTemplate, chat_prompt_ids
+from slmserve.models.hf_tokenizer import HFTokenizer
+from slmserve.models.llamacpp_vocab import LlamaCppVocab
 from slmserve.models.registry import KNOWN_MODELS
 from tests.unit.test_special_text import END, SMOLLM2_TURNS, START
 

@@ -6,8 +6,8 @@ import time
 import llama_cpp as C
 import pytest
 
-from slmserve.engine.runner_llamacpp import LlamaCppVocab
 from slmserve.models.chat_template import ChatTemplate, chat_prompt_ids
+from slmserve.models.llamacpp_vocab import LlamaCppVocab
 from slmserve.models.registry import KNOWN_MODELS
 from slmserve.models.special_text import SpecialTextError, SpecialTexts
 

@@ -19,8 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from slmserve.engine.engine import Engine
 from slmserve.engine.loader import LoadedModel
-from slmserve.engine.runner_torch import HFTokenizer, TorchRunner
+from slmserve.engine.runner_torch import TorchRunner
 from slmserve.models.chat_template import HFChatTemplate
+from slmserve.models.hf_tokenizer import HFTokenizer
 from slmserve.models.registry import ModelSource
 from slmserve.settings import Settings
 

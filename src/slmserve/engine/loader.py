@@ -131,7 +131,7 @@ def _template(runner) -> ChatTemplate:
 def load_vocab(settings: Settings, max_model_len: int, weights_description: str | None) -> LoadedModel:
     """The model as a cluster's gateway holds it: tokenizer and chat template, no weights and no engine (the model
     hosts run those and report max_model_len and the weights). GGUF models only, for now. Raises ValueError."""
-    from slmserve.engine.runner_llamacpp import LlamaCppVocab
+    from slmserve.models.llamacpp_vocab import LlamaCppVocab
 
     settings = settings.per_model()[0]
     source = resolve_model(settings.model)

@@ -89,7 +89,7 @@ class ModelState:
 
     def detach(self) -> None:
         """Stop the engine and let the model go. Its weights are freed once no request holds them any more (a
-        request may still be tokenizing with them; see runner_llamacpp.ModelWeights), at once when none does."""
+        request may still be tokenizing with them; see models/llamacpp_vocab.ModelWeights), at once when none does."""
         if self.engine is not None:
             self.engine.shutdown()
         if self.model is not None:
