@@ -239,9 +239,10 @@ def evaluate(url: str, args, tasks: list[dict], layout: str, summary: dict, out)
         records, rows = small_budgets(url, args, tasks, args.arms, layout)
         summary["small_budgets"] += rows
         out.writelines(json.dumps(r) + "\n" for r in records)
-    records, rows = speed(url, args, tasks, args.arms, layout)
-    summary["speed"] += rows
-    out.writelines(json.dumps(r) + "\n" for r in records)
+    if args.rounds > 0:  # --rounds 0: quality only
+        records, rows = speed(url, args, tasks, args.arms, layout)
+        summary["speed"] += rows
+        out.writelines(json.dumps(r) + "\n" for r in records)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -257,7 +258,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", type=words, help="task names (default: all)")
     p.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 32],
                    help="users in the speed rounds; the quality requests run at the largest")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=2, help="speed rounds (plain, then each arm) per concurrency")
+    p.add_argument("--rounds", type=int, default=2, help="speed rounds (plain, then each arm) per concurrency; 0: none")
     p.add_argument("--speed-prompts", type=int, default=1, help="prompts per task in a speed round")
     p.add_argument("--small-budgets", action="store_true", help="sweep max_tokens from each schema's minimum to 64")
     p.add_argument("--small-prompts", type=int, default=2, help="prompts per task in the small-budget sweep")
