@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from slmserve.engine.repeated_lines import BOUNDARY, MAX_UNIT, RepeatedLines, looping_tail
+from slmserve.engine.repeated_lines import BOUNDARY, MAX_UNIT, TAIL_BYTES, RepeatedLines, looping_tail
 
 _QUOTE, _BACKSLASH, _COMMA, _LT, _NEWLINE = ord('"'), ord("\\"), ord(","), ord("<"), ord("\n")
 _OPEN, _CLOSE = b"[{", b"]}"
@@ -244,12 +244,13 @@ class LoopGuard:
 
     def _loop_in_string(self, i: int) -> int | None:
         """A string whose text now ends in a loop: where its second copy begins; the string is to be closed."""
-        found = looping_tail(bytes(self.buf[self._string_start + 1 : i + 1]))
+        start = max(self._string_start + 1, i + 1 - TAIL_BYTES)  # a loop shows in the tail: the cost stays flat
+        found = looping_tail(bytes(self.buf[start : i + 1]))
         if found is None:
             return None
         self.cut_strings.add(self._string_start)
         self._closing_bracket, self._string_loop = b'"', True
-        return self._string_start + 1 + found
+        return start + found
 
     def _outside(self, b: int, i: int) -> None:
         """A byte outside any JSON value: a call's tags, the newlines between calls, or a plain-text answer."""

@@ -38,6 +38,7 @@ BOUNDARY = frozenset(b" ,.;:-/)")  # a unit of a loop ends at one of these (chec
 MAX_UNIT = 64
 VERBATIM_COPIES, VERBATIM_BYTES = 3, 12
 COUNTING_COPIES = 8  # digits aside: "2019, 2020, 2021" may be data; eight in a row is counting
+TAIL_BYTES = COUNTING_COPIES * MAX_UNIT  # the most of a string's end a loop needs to show
 _DIGITS = bytes.maketrans(b"0123456789", b"0000000000")
 
 
@@ -45,18 +46,23 @@ def looping_tail(text: bytes) -> int | None:
     """Where the second copy of a loop at the end of text begins (the first copy is kept), else None: the same unit
     of 2-64 bytes at least 3 times verbatim (12 bytes or more), or, its digits aside, at least 8 times."""
     norm = text.translate(_DIGITS)
-    for p in range(2, min(MAX_UNIT, len(text) // VERBATIM_COPIES) + 1):
-        if _copies(text, p, VERBATIM_COPIES) and (n := _run(text, p)) * p >= VERBATIM_BYTES:
+    for p in _periods(norm):  # a verbatim loop is a counting one too: one search finds both
+        if text.endswith(text[-p:] * VERBATIM_COPIES) and (n := _run(text, p)) * p >= VERBATIM_BYTES:
             return len(text) - (n - 1) * p
-        if len(text) >= COUNTING_COPIES * p and _copies(norm, p, COUNTING_COPIES) and b"0" in norm[-p:]:
+        if norm.endswith(norm[-p:] * COUNTING_COPIES) and b"0" in norm[-p:]:
             return len(text) - (_run(norm, p) - 1) * p
     return None
 
 
-def _copies(text: bytes, p: int, n: int) -> bool:
-    """Whether text ends with n copies of its last p bytes."""
-    unit = text[-p:]
-    return all(text[len(text) - (k + 1) * p : len(text) - k * p] == unit for k in range(1, n))
+def _periods(text: bytes) -> list[int]:
+    """The periods (2 to MAX_UNIT) the end of text could have: where its last two bytes occur again before."""
+    out, tail, lowest = [], text[-2:], max(0, len(text) - MAX_UNIT - 2)
+    j = text.rfind(tail, lowest, len(text) - 1)
+    while j >= 0:
+        if (p := len(text) - 2 - j) >= 2 and len(text) >= VERBATIM_COPIES * p:
+            out.append(p)
+        j = text.rfind(tail, lowest, j + 1)
+    return out
 
 
 def _run(text: bytes, p: int) -> int:
