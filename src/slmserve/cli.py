@@ -245,6 +245,7 @@ def cluster(
     try:
         from slmserve.cluster.app import ClusterOptions
         from slmserve.cluster.run import run_cluster
+        from slmserve.cluster.startup import ClusterFailed
     except ImportError as exc:
         typer.echo(f"Error: the cluster needs Ray Serve: pip install 'slmserve[cluster]' ({exc})", err=True)
         raise typer.Exit(1) from exc
@@ -265,7 +266,11 @@ def cluster(
         )
     )
     _checked(settings.per_model)
-    _checked(functools.partial(run_cluster, settings, options, direct_ingress=direct_ingress))
+    try:
+        _checked(functools.partial(run_cluster, settings, options, direct_ingress=direct_ingress))
+    except ClusterFailed as exc:  # the port taken, a deployment failed: its cause in a line or two, no traceback
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 # Settings of the HTTP server only: `generate` and `chat` run the engine in the terminal and do not show them.

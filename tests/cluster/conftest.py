@@ -20,8 +20,8 @@ HOST_TITLE = "ServeReplica:slmserve:host-"
 
 
 class Cluster:
-    def __init__(self, *args: str) -> None:
-        port = free_port()
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"slmserve-cluster-{port}.log"
         cli = [sys.executable, "-m", "slmserve.cli", "cluster", "--port", str(port), *args]

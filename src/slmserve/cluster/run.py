@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 
+from slmserve.cluster.startup import ClusterFailed, check_port, failure_message, wait_port_free
 from slmserve.settings import Settings
 from slmserve.tools.launch import free_port
 
@@ -44,10 +45,12 @@ def run_cluster(settings: Settings, options, *, direct_ingress: bool = True) -> 
 
     direct_ingress: the gateway serves the port itself (see direct_ingress_env), about 8 ms sooner to a first
     token than through Ray's proxy actor and with more of the machine left to the engines (docs/PERFORMANCE.md).
+    ClusterFailed, its message a line or two, when the port is taken or the deployment fails.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from machines without internet
     if direct_ingress and options.gateways > 1:
         raise ValueError("several gateways share one port through Ray's proxy: add --ray-proxy")
+    check_port(settings.host, settings.port)  # before Ray's ~20 s start, not after
     if direct_ingress:
         os.environ.update(direct_ingress_env(settings.port))
     import ray
@@ -56,14 +59,18 @@ def run_cluster(settings: Settings, options, *, direct_ingress: bool = True) -> 
     from slmserve.cluster.app import build
 
     app = build(settings, options)
+    quiet = settings.log_level != "debug"
+    if quiet:
+        # Ray's "Application 'slmserve' is ready at http://...:PROXY_PORT/" names its idle proxy's port, not ours.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # Logical CPUs: enough for every replica's threads even on a machine with fewer cores (oversubscribed then).
     cpus = max(os.cpu_count() or 1, options.most_replicas * options.threads)
-    ray.init(
+    context = ray.init(
         num_cpus=cpus,
         include_dashboard=False,
         object_store_memory=OBJECT_STORE_BYTES,
         logging_level=logging.WARNING,
-        log_to_driver=settings.log_level == "debug",
+        log_to_driver=not quiet,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,10 +79,21 @@ def run_cluster(settings: Settings, options, *, direct_ingress: bool = True) -> 
         # Ray's own proxy still starts with direct ingress (HAProxy's fallback) but serves nobody here.
         proxy_port = free_port(settings.host) if direct_ingress else settings.port
         serve.start(http_options={"host": settings.host, "port": proxy_port})
-        serve.run(app, name="slmserve", route_prefix="/", blocking=False)
+        if direct_ingress:
+            wait_port_free(settings.host, settings.port)
+        try:
+            serve.run(app, name="slmserve", route_prefix="/", blocking=False)
+        except RuntimeError as exc:  # "Deploying application slmserve failed: ..."; the cause is in Ray's log
+            session = context.address_info.get("session_dir")
+            raise ClusterFailed(failure_message(session, settings.host, settings.port, direct_ingress)) from exc
         print(f"slmserve cluster: serving on http://{settings.host}:{settings.port}", flush=True)
         stop.wait()
         log.info("stopping: draining replicas for up to %.0f s", options.drain_seconds)
     finally:
+        if quiet:
+            # Serve's controller ends its own graceful_shutdown task by killing itself, and Ray reports that task
+            # as failed ("Task ServeController.graceful_shutdown failed ... will be retried"). Ray's debugger
+            # (ray/util/rpdb.py) silences the driver's log printing the same way.
+            ray._private.worker._worker_logs_enabled = False
         serve.shutdown()
         ray.shutdown()
