@@ -20,7 +20,7 @@ HELD_OUT = ["What is the capital of Italy?", "How many legs does a dog have?", "
 
 @pytest.fixture(scope="module")
 def pirate(tmp_path_factory) -> tuple[Path, dict]:
-    """The README's walk-through: the example dataset, 3 epochs on the bundled model (~1 min on 2 cores)."""
+    """The README's walk-through: the example dataset, 3 epochs on the bundled model (6-16 min on 2 shared cores)."""
     out = tmp_path_factory.mktemp("pirate")
     metrics = finetune(FinetuneConfig(data=EXAMPLE, output=out, epochs=3, device="cpu"))
     return out, metrics
