@@ -41,7 +41,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from llama_server import llama_server  # noqa: E402
 
-from slmserve.bench import BenchConfig, print_report, run_bench, write_json  # noqa: E402
+from slmserve.bench import BenchConfig, median_over_rounds, print_report, run_bench, write_json  # noqa: E402
 from slmserve.models import weights  # noqa: E402
 from slmserve.models.registry import resolve_model_path  # noqa: E402
 from slmserve.settings import Settings  # noqa: E402
@@ -168,17 +168,9 @@ def summarize(runs: list[dict]) -> list[dict]:
     rows = []
     for name in dict.fromkeys(r["server"] for r in runs):
         mine = [r for r in runs if r["server"] == name]
-        for level in [x["concurrency"] for x in mine[0]["results"]]:
-            at = [x for r in mine for x in r["results"] if x["concurrency"] == level]
-
-            def med(key: str, at=at) -> float:
-                return statistics.median(x[key] for x in at)
-
+        for row in median_over_rounds([r["results"] for r in mine]):
             rows.append({
-                "server": name, "concurrency": level, "tokens_per_s": med("tokens_per_s"),
-                "tokens_per_s_all": [round(x["tokens_per_s"], 1) for x in at], "ttft_p50_s": med("ttft_p50_s"),
-                "ttft_p95_s": med("ttft_p95_s"), "itl_p50_s": med("itl_p50_s"), "itl_p95_s": med("itl_p95_s"),
-                "errors": sum(x["errors"] for x in at),
+                "server": name, **row,
                 "startup_to_health_s": statistics.median(r["startup_to_health_s"] for r in mine),
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
             })  # fmt: skip

@@ -167,6 +167,35 @@ async def run_bench(config: BenchConfig) -> list[LevelResult]:
             return [await run_level(client, config, c, progress) for c in config.levels]
 
 
+def _median(values: list[float]) -> float:
+    """The median; an int for ints whose median is whole (a count stays a count in the JSON)."""
+    m = statistics.median(values)
+    return int(m) if all(isinstance(v, int) for v in values) and m == int(m) else m
+
+
+def median_over_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One server's results from several rounds (each a list of LevelResult dicts) -> one row per concurrency:
+    the median of each figure, the errors summed, and each round's tok/s in `tokens_per_s_all`, so a spread
+    that a median hides stays in sight."""
+    rows = []
+    for level in [r["concurrency"] for r in rounds[0]]:
+        at = [r for results in rounds for r in results if r["concurrency"] == level]
+        row = {
+            key: _median([r[key] for r in at])
+            for key, value in at[0].items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        firsts = [r["first_error"] for r in at if r.get("first_error")]
+        row.update(
+            concurrency=level,
+            errors=sum(r["errors"] for r in at),
+            first_error=firsts[0] if firsts else None,
+            tokens_per_s_all=[round(r["tokens_per_s"], 1) for r in at],
+        )
+        rows.append(row)
+    return rows
+
+
 def print_report(config: BenchConfig, results: list[LevelResult]) -> None:
     table = Table(title=f"{config.label} — {config.url}, {config.max_tokens} tokens per request")
     for col in ["conc", "reqs", "err", "tok/s", "TTFT p50", "TTFT p95", "ITL p50", "ITL p95", "lat p50", "lat p95"]:

@@ -126,6 +126,9 @@ def compare(
     serve_args: Annotated[
         str, typer.Option(help="More `slmserve serve` flags for every model, e.g. '--weights original'.")
     ] = "",
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds in which the models take turns (A, B, A, B); figures are medians.")
+    ] = 2,
 ) -> None:
     """Serve each model in turn: size, load time, memory, tok/s and TTFT, scored answers; JSON, Markdown, PNG."""
     from slmserve.tools.compare import CompareConfig, run_compare
@@ -136,6 +139,7 @@ def compare(
         max_tokens=max_tokens,
         requests=requests,
         serve_args=shlex.split(serve_args),
+        rounds=rounds,
     )
     with _tool_errors():
         rows, files = run_compare(config, out, _err)
