@@ -1,5 +1,7 @@
 """The chat page in a real headless browser: Debian's chromium driven by Playwright."""
 
+import re
+import threading
 import time
 
 import httpx
@@ -44,8 +46,9 @@ def test_streamed_answer_stop_aborts_on_the_server_and_history_continues(server,
     page.fill("#input", "Tell me a very long story about a dragon.")
     page.click("#send")
     answer = page.locator(".msg.assistant").last
-    # Text appears while the answer is still being generated.
-    page.wait_for_function("(document.querySelector('.msg.assistant')?.textContent || '').length > 30")
+    # Text appears while the answer is still being generated (the bubble's status line before it is not text).
+    writing = ".msg.assistant[data-state=writing]"
+    page.wait_for_function(f"(document.querySelector('{writing}')?.textContent || '').length > 30")
     assert wait_running(server, lambda v: v >= 1) >= 1
     expect(page.locator("#stop")).to_be_enabled()
     page.click("#stop")
@@ -62,6 +65,89 @@ def test_streamed_answer_stop_aborts_on_the_server_and_history_continues(server,
     expect(page.locator(".msg.assistant")).to_have_count(2)
     assert page.locator(".msg.assistant").last.text_content()
     expect(page.locator("#stats")).to_contain_text("tok/s")
+
+
+def test_a_first_visit_says_what_to_do_and_an_example_asks_the_model(page):
+    hint = page.locator("#empty")
+    expect(hint).to_be_visible()
+    expect(hint).to_contain_text("Enter sends")
+    expect(hint.locator(".example")).to_have_count(3)
+    page.locator("#settings summary").click()
+    page.fill("#max_tokens", "8")
+    hint.locator(".example").first.click()
+    expect(page.locator(".msg.user")).to_have_text("What is the capital of France?")
+    expect(hint).to_be_hidden()
+    expect(page.locator("#send")).to_be_enabled(timeout=30_000)
+    assert page.locator(".msg.assistant").text_content()
+    page.click("#clear")
+    expect(hint).to_be_visible()  # a new chat starts from the hint again
+
+
+@pytest.fixture(scope="module")
+def one_slot_server():
+    live = LiveServer(Settings(max_running=1, max_waiting=4)).start()
+    yield live
+    live.stop()
+
+
+# Every data-state an answer's bubble takes, in order, recorded in the page.
+RECORD_STATES = """() => {
+  window.states = [];
+  new MutationObserver((changes) => {
+    for (const c of changes) {
+      const state = c.target.dataset.state;
+      if (state && state !== window.states.at(-1)) window.states.push(state);
+    }
+  }).observe(document.getElementById("log"), { subtree: true, attributes: true, attributeFilter: ["data-state"] });
+}"""
+
+
+def test_the_answer_says_whether_the_server_has_taken_it_until_it_writes(one_slot_server, tmp_path):
+    url, started, release = one_slot_server.url, threading.Event(), threading.Event()
+
+    def hold_the_slot() -> None:  # the server's one slot, busy until released
+        body = {"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 1500,
+                "ignore_eos": True, "stream": True}  # fmt: skip
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    started.set()
+                if release.is_set():
+                    return
+
+    holder = threading.Thread(target=hold_the_slot, daemon=True)
+    holder.start()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/ui")
+            page.evaluate(RECORD_STATES)
+            held = []  # the page's request, held back before it reaches the server
+            page.route("**/v1/chat/completions", lambda route: held.append(route))
+            assert started.wait(60)
+            page.fill("#input", "Hello")
+            page.click("#send")
+            bubble = page.locator(".msg.assistant").last
+            expect(bubble).to_have_attribute("data-state", "sending")
+            expect(bubble.locator(".status")).to_contain_text(re.compile(r"Waiting for the server… [1-9]\d* s"))
+            while not held:
+                page.wait_for_timeout(20)
+            held[0].continue_()
+            # The server took it (the headers came) but its one slot is busy: the request waits in the engine.
+            expect(bubble).to_have_attribute("data-state", "queued")
+            expect(bubble.locator(".status")).to_contain_text("Accepted: waiting for a free slot")
+            expect(bubble.locator(".status")).to_contain_text("server: 1 running, 1 waiting")
+            page.screenshot(path=str(tmp_path / "queued.png"))
+            release.set()
+            expect(page.locator("#send")).to_be_enabled(timeout=60_000)
+            assert bubble.text_content() and bubble.get_attribute("data-state") is None
+            assert page.evaluate("window.states") == ["sending", "queued", "writing"]
+            expect(page.locator("#stats")).to_contain_text("tok/s")
+        finally:
+            release.set()
+            browser.close()
+    holder.join(timeout=60)
 
 
 def test_errors_are_shown_readably(page):

@@ -18,7 +18,61 @@ function addMessage(role, text, model) {
   render(div, role, text);
   $("log").appendChild(div);
   div.scrollIntoView({ block: "end" });
+  showEmpty();
   return div;
+}
+
+// A first visit (or a new chat) shows what to do instead of a blank page.
+function showEmpty() {
+  $("empty").hidden = $("log").children.length > 0;
+}
+
+// What the answer's bubble says until the first words come. "sending": the server has not answered yet.
+// "queued": it has (a streamed answer's headers go out once the engine has taken the request), and the engine
+// gives it a free slot, then reads the prompt; under load that is where the time goes.
+const WAITING = {
+  sending: "Waiting for the server",
+  queued: "Accepted: waiting for a free slot, then reading the prompt",
+};
+
+function setState(bubble, state) {
+  if (state) bubble.dataset.state = state;
+  else delete bubble.dataset.state;
+  bubble.classList.toggle("pending", state in WAITING);
+}
+
+// The server's load from its own gauges, as the dashboard reads them; "" where /metrics is closed to this page.
+async function serverLoad() {
+  try {
+    const response = await fetch("/metrics", { headers: apiHeaders() });
+    if (!response.ok) return "";
+    const text = await response.text();
+    const sum = (name) => [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "gm"))]
+      .reduce((total, m) => total + Number(m[1]), 0);
+    return ` · server: ${sum("slmserve_requests_running")} running, ${sum("slmserve_requests_waiting")} waiting`;
+  } catch (_) {
+    return "";
+  }
+}
+
+// Keeps the waiting bubble's status line current (state, seconds, load) every second; returns its stop.
+function watchWaiting(bubble) {
+  const started = performance.now();
+  const status = document.createElement("div");
+  status.className = "status";
+  let load = "";
+  const show = () => {
+    if (!(bubble.dataset.state in WAITING)) return; // the answer's text has replaced the status
+    const seconds = Math.floor((performance.now() - started) / 1000);
+    status.textContent = `${WAITING[bubble.dataset.state]}… ${seconds} s${load}`;
+    if (!status.isConnected) bubble.appendChild(status);
+  };
+  const timer = setInterval(() => {
+    show();
+    serverLoad().then((text) => { load = text; show(); });
+  }, 1000);
+  show();
+  return { show, stop: () => clearInterval(timer) };
 }
 
 function save() {
@@ -83,6 +137,8 @@ async function send(text) {
   history.push({ role: "user", content: text });
   addMessage("user", text);
   const bubble = addMessage("assistant", "", model);
+  setState(bubble, "sending");
+  const waiting = watchWaiting(bubble);
   let answer = "";
   controller = new AbortController();
   setBusy(true);
@@ -96,6 +152,8 @@ async function send(text) {
       signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorText(response));
+    setState(bubble, "queued");
+    waiting.show();
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -112,6 +170,10 @@ async function send(text) {
         if (data.usage) tokens = data.usage.completion_tokens;
         const piece = data.choices && data.choices[0] && data.choices[0].delta.content;
         if (piece) {
+          if (!first) {
+            setState(bubble, "writing");
+            $("stats").textContent = "Writing…";
+          }
           first = first || performance.now();
           chunks += 1;
           answer += piece;
@@ -124,14 +186,17 @@ async function send(text) {
     if (err.name === "AbortError") bubble.classList.add("stopped");
     else showError(err.message);
   } finally {
+    waiting.stop();
+    setState(bubble, null);
     setBusy(false);
     controller = null;
   }
   if (answer) history.push({ role: "assistant", content: answer, model });
-  else { bubble.remove(); if (!bubble.classList.contains("stopped")) history.pop(); }
+  else { bubble.remove(); if (!bubble.classList.contains("stopped")) history.pop(); showEmpty(); }
   save();
   const end = performance.now();
   const n = tokens ?? chunks;
+  $("stats").textContent = "";
   if (first && n > 1) {
     const rate = (n - 1) / ((end - first) / 1000);
     $("stats").textContent = `${n} tokens · first after ${Math.round(first - started)} ms · ${rate.toFixed(1)} tok/s`;
@@ -149,7 +214,19 @@ $("input").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("form").requestSubmit(); }
 });
 $("stop").addEventListener("click", () => controller && controller.abort());
-$("clear").addEventListener("click", () => { history.length = 0; $("log").innerHTML = ""; showError(""); save(); });
+$("clear").addEventListener("click", () => {
+  history.length = 0;
+  $("log").innerHTML = "";
+  showError("");
+  showEmpty();
+  save();
+});
+for (const example of document.querySelectorAll(".example")) {
+  example.addEventListener("click", () => {
+    $("input").value = example.textContent;
+    $("form").requestSubmit();
+  });
+}
 $("system").addEventListener("change", save);
 $("model").addEventListener("change", () => { wantedModel = $("model").value; save(); });
 
@@ -169,4 +246,5 @@ function showModels() {
 }
 setUpKeyForm(showModels);
 restore();
+showEmpty();
 showModels();
