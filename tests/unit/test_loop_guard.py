@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 
-from slmserve.engine.loop_guard import GuardVocab, LoopGuard, call_key
+from slmserve.engine.loop_guard import LoopGuard, call_key
 from slmserve.engine.repeated_lines import looping_tail
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import Trim
-from slmserve.engine.structured import grammar_from
+from slmserve.engine.structured import GuardVocab, grammar_from
 from tests.fakes import VOCAB, ByteTokenizer, ScriptedRunner, make_engine
 
 CITY = {

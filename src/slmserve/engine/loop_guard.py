@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from slmserve.engine.repeated_lines import BOUNDARY, MAX_UNIT, TAIL_BYTES, RepeatedLines, looping_tail
+
+if TYPE_CHECKING:  # structured.py builds the vocabulary facts and imports this module's guard
+    from slmserve.engine.structured import GuardVocab
 
 _QUOTE, _BACKSLASH, _COMMA, _LT, _NEWLINE = ord('"'), ord("\\"), ord(","), ord("<"), ord("\n")
 _OPEN, _CLOSE = b"[{", b"]}"
@@ -44,22 +48,6 @@ class _Frame:
 def call_key(name: str, arguments: object) -> str:
     """A tool call in one canonical form, to compare calls whatever their key order or spacing."""
     return json.dumps({"name": name, "arguments": arguments}, sort_keys=True, separators=(",", ":"))
-
-
-class GuardVocab:
-    """Per-vocabulary facts the guard needs: each token's bytes, the tokens holding a comma or a '<', and the
-    tokens that end an answer."""
-
-    def __init__(self, token_bytes, vocab_size: int, num_tokens: int, ends: tuple[int, ...] = ()) -> None:
-        self.ends = np.array(sorted(ends), dtype=np.int64)
-        self.pieces = [token_bytes(i) if i < num_tokens else b"" for i in range(vocab_size)]
-        self.commas = np.array([i for i, p in enumerate(self.pieces) if b"," in p], dtype=np.int64)
-        by_first: dict[int, list[int]] = {}
-        for i, p in enumerate(self.pieces):
-            if p:
-                by_first.setdefault(p[0], []).append(i)
-        self.by_first = {b: np.array(ids, dtype=np.int64) for b, ids in by_first.items()}
-        self.angles = np.array([i for i, p in enumerate(self.pieces) if b"<" in p], dtype=np.int64)
 
 
 class LoopGuard:

@@ -15,8 +15,6 @@ import llguidance as llg
 import llguidance.numpy as llg_np
 import numpy as np
 
-from slmserve.engine.loop_guard import GuardVocab
-
 # Compact JSON with one space after separators, as json.dumps writes it: a form small models have seen often,
 # and one with no free whitespace, which they loop on (vLLM #38696, Ollama #2577). A schema's "x-guidance" key
 # may ask for another form.
@@ -274,3 +272,19 @@ def _first_allowed(matcher: llg.LLMatcher, vocab_size: int) -> int:
 def allowed_tokens(bitmask_row: np.ndarray, vocab_size: int) -> np.ndarray:
     """One mask row [vocab/32] of int32 bits -> [V] bool, True where the token may come next."""
     return np.unpackbits(bitmask_row.view(np.uint8), bitorder="little")[:vocab_size].view(bool)
+
+
+class GuardVocab:
+    """Per-vocabulary facts the guard needs: each token's bytes, the tokens holding a comma or a '<', and the
+    tokens that end an answer."""
+
+    def __init__(self, token_bytes, vocab_size: int, num_tokens: int, ends: tuple[int, ...] = ()) -> None:
+        self.ends = np.array(sorted(ends), dtype=np.int64)
+        self.pieces = [token_bytes(i) if i < num_tokens else b"" for i in range(vocab_size)]
+        self.commas = np.array([i for i, p in enumerate(self.pieces) if b"," in p], dtype=np.int64)
+        by_first: dict[int, list[int]] = {}
+        for i, p in enumerate(self.pieces):
+            if p:
+                by_first.setdefault(p[0], []).append(i)
+        self.by_first = {b: np.array(ids, dtype=np.int64) for b, ids in by_first.items()}
+        self.angles = np.array([i for i, p in enumerate(self.pieces) if b"<" in p], dtype=np.int64)
