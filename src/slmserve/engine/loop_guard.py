@@ -25,7 +25,7 @@ import numpy as np
 
 from slmserve.engine.repeated_lines import BOUNDARY, MAX_UNIT, TAIL_BYTES, RepeatedLines, looping_tail
 
-if TYPE_CHECKING:  # structured.py builds the vocabulary facts and imports this module's guard
+if TYPE_CHECKING:  # the vocabulary facts live with the other vocabulary tables, in structured.py
     from slmserve.engine.structured import GuardVocab
 
 _QUOTE, _BACKSLASH, _COMMA, _LT, _NEWLINE = ord('"'), ord("\\"), ord(","), ord("<"), ord("\n")
