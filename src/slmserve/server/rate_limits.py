@@ -91,6 +91,11 @@ class Limiter:
         bucket.give(amount)
         return bucket.level
 
+    def peek(self, key: str, capacity: float) -> float:
+        """A bucket's level now, for the headers of a request that did not take from it (full if none yet)."""
+        bucket = self.buckets.get(key)
+        return min(capacity, bucket.remaining()) if bucket is not None else capacity
+
     async def close(self) -> None:
         pass
 
@@ -124,7 +129,8 @@ class Client:
             capacity = self.capacity(kind)
             if capacity is None:
                 continue
-            level = self.levels.get(kind, capacity)
+            level = self.levels.get(kind)
+            level = self.limiter.peek(f"{self.name}:{kind}", capacity) if level is None else level
             out += [
                 (f"x-ratelimit-limit-{kind}".encode(), str(int(capacity)).encode()),
                 (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, math.floor(level))).encode()),

@@ -147,5 +147,8 @@ class RedisLimiter(Limiter):
         got = await self._run(key, capacity, amount, "give")
         return got[1] if got is not None else await super().give(key, capacity, amount)
 
+    def peek(self, key: str, capacity: float) -> float:
+        return capacity  # Redis is not read for a header alone: a request that took nothing shows the limit
+
     async def close(self) -> None:
         await self._redis.aclose()
