@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmserve.engine.async_engine import EngineDeadError, EngineStepError
@@ -143,7 +144,8 @@ def not_ready(status: str, load_error: str | None = None) -> APIError:
     return APIError(503, "No model is loaded: it was unloaded. POST /slm/load loads it again.", code="model_unloaded")
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def validation_message(exc: RequestValidationError | ValidationError) -> tuple[str, str | None]:
+    """The first problem pydantic found, as a message and the field it names."""
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if first.get("type") == "json_invalid":
@@ -195,10 +197,6 @@ def family(path: str) -> str:
     return "seeds"
 
 
-def is_openai_route(request: Request) -> bool:
-    return family(request.url.path) == "openai"
-
-
 # Anthropic's error types by status (its API reference, "Errors").
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -234,7 +232,7 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         if family(request.url.path) == "seeds":
             return await request_validation_exception_handler(request, exc)
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return respond(request, APIError(400, message, param=param, code="invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)

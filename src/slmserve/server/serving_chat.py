@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 from slmserve.engine.sampling import SamplingParams
+from slmserve.server import errors
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, usage
 from slmserve.server.streams import primed, sse_stream
@@ -38,6 +42,16 @@ class ChatRun:
         """The answer as chat chunks, once the engine has taken the request (a refusal is an HTTP error)."""
         stream = await primed(self.serving.stream_choices(self.prompt_ids, self.params, self.n, self.adapter))
         return _chunks(self, stream, include_usage)
+
+
+def validated_chat_request(fields: dict[str, Any]) -> oa.ChatCompletionRequest:
+    """The chat request another API family made of its own; a 400 naming the first field chat's checks refuse, as
+    for a chat body that fails them."""
+    try:
+        return oa.ChatCompletionRequest.model_validate(fields)
+    except ValidationError as exc:
+        message, param = errors.validation_message(exc)
+        raise errors.APIError(400, message, param=param, code="invalid_value") from exc
 
 
 async def chat_prompt(serving: Serving, req: oa.ChatCompletionRequest) -> tuple[list[int], ToolUse | None]:

@@ -7,8 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
-
 from slmserve.server import errors
 from slmserve.server.anthropic.events import stop_reason, stream_events, tool_use_id
 from slmserve.server.anthropic.protocol import (
@@ -23,7 +21,7 @@ from slmserve.server.anthropic.protocol import (
 from slmserve.server.protocol import openai as oa
 from slmserve.server.responses.serving import PASSED_ON
 from slmserve.server.serving import Serving
-from slmserve.server.serving_chat import chat_prompt, prepare_chat
+from slmserve.server.serving_chat import chat_prompt, prepare_chat, validated_chat_request
 
 # tool_choice's types in chat completions' terms ("tool" names one).
 CHOICES = {"auto": "auto", "any": "required", "none": "none"}
@@ -103,7 +101,7 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
 
 def chat_request(req: CountTokensRequest, **fields: Any) -> oa.ChatCompletionRequest:
     """The chat request a Messages request amounts to; 400 naming a field chat's checks refuse."""
-    choice, parallel = req.tool_choice or {"type": "auto"}, True
+    choice = req.tool_choice or {"type": "auto"}
     kind = choice.get("type")
     if kind == "tool":
         chosen: Any = {"type": "function", "function": {"name": choice.get("name")}}
@@ -115,12 +113,7 @@ def chat_request(req: CountTokensRequest, **fields: Any) -> oa.ChatCompletionReq
     body = {k: v for k, v in req.extras().items() if k in PASSED_ON}
     body |= {"model": req.model, "messages": chat_messages(req.system, req.messages), "tools": chat_tools(req.tools)}
     body |= {"tool_choice": chosen if req.tools else None, "parallel_tool_calls": parallel, **fields}
-    try:
-        return oa.ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise _refuse(f"{where}: {first['msg']}", where) from exc
+    return validated_chat_request(body)
 
 
 async def create_message(serving: Serving, req: MessagesRequest) -> Message | AsyncIterator[str]:

@@ -6,15 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
-
 from slmserve.server import errors
 from slmserve.server.protocol import openai as oa
 from slmserve.server.responses import items
 from slmserve.server.responses.events import stream_events
 from slmserve.server.responses.output import finish
 from slmserve.server.responses.protocol import ItemList, Response, ResponsesRequest
-from slmserve.server.serving_chat import prepare_chat
+from slmserve.server.serving_chat import prepare_chat, validated_chat_request
 from slmserve.server.store import ResponseStore
 
 # Extras a Responses request may carry that chat completions take as they are (sampling, the guards, DRY).
@@ -97,12 +95,7 @@ def _chat_request(req: ResponsesRequest, context: list[dict[str, Any]]) -> oa.Ch
     for name in ("temperature", "top_p", "parallel_tool_calls"):
         if (value := getattr(req, name)) is not None:
             fields[name] = value
-    try:
-        return oa.ChatCompletionRequest.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise errors.APIError(400, f"{where}: {first['msg']}", param=where, code="invalid_value") from exc
+    return validated_chat_request(fields)
 
 
 async def retrieve(store: ResponseStore, response_id: str) -> Response:
