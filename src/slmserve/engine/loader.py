@@ -46,17 +46,39 @@ def load_model(settings: Settings) -> LoadedModel:
     start = time.perf_counter()
     settings = settings.per_model()[0]
     source = resolve_model(settings.model)
-    backend = settings.engine
-    if backend == "auto":
-        backend = "llama.cpp" if source.format == "gguf" else "torch"
-    if backend == "llama.cpp" and source.format != "gguf":
-        raise ValueError(f"the llama.cpp engine needs a GGUF file; {settings.model!r} is a Hugging Face model")
+    backend, runs = choose_backend(settings, source)
     if settings.lora and backend != "torch":
         raise ValueError("LoRA adapters need the torch engine (--engine torch)")
-    model = _load_llamacpp(settings, source) if backend == "llama.cpp" else _load_torch(settings, source)
+    model = _load_llamacpp(settings, runs) if backend == "llama.cpp" else _load_torch(settings, source)
+    model.path = source.path  # what the user gave, not the converted file in the cache
     seconds = time.perf_counter() - start
     log.info("loaded %s on %s (%s) in %.2f s", source.name, backend, model.device, seconds)
     return model
+
+
+def choose_backend(settings: Settings, source: ModelSource) -> tuple[str, ModelSource]:
+    """(the engine that serves the model, the source it runs). A local Hugging Face directory goes to llama.cpp as
+    a GGUF converted once into the cache (models/convert_hf.py) unless --engine torch; one the converter cannot
+    write runs on torch under auto (the log says why) and is a ValueError under --engine llama.cpp."""
+    engine = settings.engine
+    if source.format == "gguf" or engine == "torch":
+        return ("torch" if engine == "torch" else "llama.cpp"), source
+    if source.path is None:  # a hub id: transformers downloads it; converting would need the files first
+        if engine == "llama.cpp":
+            raise ValueError(f"the llama.cpp engine needs a GGUF file or a local directory, not {source.name!r}")
+        return "torch", source
+    from slmserve.models import convert_hf
+
+    try:
+        return "llama.cpp", ModelSource("gguf", convert_hf.cached_gguf(source.path, Path(settings.cache_dir)))
+    except (convert_hf.UnsupportedModel, OSError) as exc:
+        if engine == "llama.cpp":
+            raise ValueError(
+                f"the llama.cpp engine needs a GGUF file or a Hugging Face directory it can convert; "
+                f"{settings.model!r}: {exc}"
+            ) from exc
+        log.warning("serving %s on the torch engine: it cannot be converted for llama.cpp (%s)", source.name, exc)
+        return "torch", source
 
 
 def _open_llamacpp(settings: Settings, path: Path):

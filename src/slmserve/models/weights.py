@@ -137,7 +137,7 @@ def file_key(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _prefix(path: Path) -> str:
+def cache_prefix(path: Path) -> str:
     """How the names of the cached copies of the file at `path` begin: its stem and where it lives, hashed, so the
     cache tells a changed file (this prefix, another key) from another file."""
     place = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
@@ -153,7 +153,7 @@ def _version() -> str:
 def cache_path(path: Path, target: str, head: str, cache_dir: Path) -> Path:
     """Where the `target` copy of `path` lives: keyed by the file's place and content, the target and its head's
     type, the recipe and llama.cpp."""
-    return cache_dir / "weights" / f"{_prefix(path)}{file_key(path)}-{target}-head_{head}-{_version()}.gguf"
+    return cache_dir / "weights" / f"{cache_prefix(path)}{file_key(path)}-{target}-head_{head}-{_version()}.gguf"
 
 
 def prune(path: Path, cache_dir: Path) -> list[Path]:
@@ -162,7 +162,7 @@ def prune(path: Path, cache_dir: Path) -> list[Path]:
     temporary files of builds killed over an hour ago. Copies of other files, and the current content's other
     layouts, stay. Returns what it removed; a file it cannot remove is left."""
     weights_dir = cache_dir / "weights"
-    current = _prefix(path)
+    current = cache_prefix(path)
     keep = f"{current}{file_key(path)}-"
     stale = [
         copy
