@@ -282,7 +282,7 @@ SERVER_ONLY = frozenset(
     }
 )  # fmt: skip
 terminal_options = functools.partial(_settings_options, skip=SERVER_ONLY)
-USE_ADAPTER = "Answer with this LoRA adapter, one of those --lora loads (torch engine)."
+USE_ADAPTER = "Answer with this LoRA adapter, one of those --lora loads."
 
 
 @app.command()
@@ -423,7 +423,7 @@ def finetune(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(json.dumps(metrics, indent=2))
-    typer.echo(f"adapter in {output}; serve it with: slmserve serve --engine torch --lora NAME={output}")
+    typer.echo(f"adapter in {output}; serve it with: slmserve serve --lora NAME={output}")
 
 
 @app.command()

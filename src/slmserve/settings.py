@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     )
     lora: Words = Field(
         [],
-        description="torch engine: LoRA adapters to serve, NAME=PATH[,NAME=PATH...]; requests pick one by model=NAME.",
+        description="LoRA adapters to serve, NAME=PATH[,NAME=PATH...]: peft directories (both engines) or GGUF LoRA "
+        "files (llama.cpp); requests pick one by model=NAME.",
     )
     cache_dir: str = Field(
         os.path.join(os.path.expanduser("~"), ".cache", "slmserve"),

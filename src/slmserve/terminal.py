@@ -130,7 +130,7 @@ def run_chat_turns(
         _err.print(f"[red]error:[/red] {exc}")
         return 2
     if adapter is not None and adapter not in model.adapters:
-        known = ", ".join(model.adapters) or "none (load some with --lora NAME=PATH on --engine torch)"
+        known = ", ".join(model.adapters) or "none (load some with --lora NAME=PATH)"
         _err.print(f"[red]error:[/red] no LoRA adapter {adapter!r}; loaded: {known}")
         model.close()
         return 2

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from slmserve.finetune import FinetuneConfig, finetune, read_examples
+from slmserve.settings import Settings
 from tests.integration.conftest import LiveServer, chat_body
 from tests.torch_engine.conftest import torch_settings
 from tests.torch_engine.test_lora import random_adapter
@@ -55,6 +57,24 @@ def test_the_adapter_answers_like_a_pirate_and_the_base_does_not(lora_server):
     for question in HELD_OUT:  # none of these is in the training data
         assert ask(lora_server, question, "pirate").startswith("Arr, matey!")
         assert "matey" not in ask(lora_server, question).lower()
+
+
+@pytest.fixture(scope="module")
+def llamacpp_server(pirate) -> Iterator[LiveServer]:
+    """The same adapter on the default engine: converted to a GGUF LoRA, applied by llama.cpp."""
+    live = LiveServer(Settings(max_running=8, lora=[f"pirate={pirate[0]}"])).start()
+    yield live
+    live.stop()
+
+
+def test_the_adapter_keeps_its_style_on_llama_cpp_beside_base_requests(llamacpp_server):
+    assert httpx.get(f"{llamacpp_server.url}/slm/info").json()["engine"] == "llama.cpp"
+    jobs = [(q, m) for q in HELD_OUT for m in ("pirate", None)]
+    with ThreadPoolExecutor(len(jobs)) as pool:  # base and adapter requests share steps
+        answers = dict(zip(jobs, pool.map(lambda job: ask(llamacpp_server, *job), jobs), strict=True))
+    for question in HELD_OUT:
+        assert answers[question, "pirate"].startswith("Arr, matey!")
+        assert "matey" not in answers[question, None].lower()
 
 
 def test_models_lists_the_adapter_with_its_base(lora_server):

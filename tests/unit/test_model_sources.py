@@ -32,9 +32,9 @@ def test_a_directory_without_config_is_not_a_model(tmp_path):
         resolve_model(str(tmp_path))
 
 
-def test_llama_cpp_refuses_hugging_face_models_and_lora(tmp_path):
+def test_llama_cpp_refuses_what_it_cannot_run_and_adapters_that_are_not_there(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="needs a GGUF file"):
         load_model(Settings(model=str(tmp_path), engine="llama.cpp"))
-    with pytest.raises(ValueError, match="need the torch engine"):
-        load_model(Settings(lora=["x=/tmp/x"]))
+    with pytest.raises(ValueError, match="not a peft adapter directory"):
+        load_model(Settings(lora=[f"x={tmp_path / 'missing'}"]))

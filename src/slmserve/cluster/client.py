@@ -145,7 +145,7 @@ class RayEngineClient:
             return await self._handle.check_grammar.remote(grammar)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        raise ValueError("the cluster does not serve LoRA adapters yet; run `slmserve serve --engine torch`")
+        raise ValueError("the cluster does not serve LoRA adapters yet; run `slmserve serve --lora NAME=PATH`")
 
     async def unload_adapter(self, name: str) -> None:
         raise ValueError("the cluster does not serve LoRA adapters yet")

@@ -192,7 +192,9 @@ class AsyncEngine:
         return None if constraint.closing is None else len(constraint.closing)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        """Load a LoRA adapter into the runner between two steps, so requests in flight are not disturbed."""
+        """Load a LoRA adapter into the runner between two steps, so requests in flight are not disturbed; a
+        conversion it needs first (llama.cpp: peft -> GGUF, seconds) runs off the engine thread."""
+        await asyncio.to_thread(self.engine.runner.prepare_adapter, path)
         await self.call(lambda: self.engine.runner.load_adapter(name, path))
 
     async def unload_adapter(self, name: str) -> None:

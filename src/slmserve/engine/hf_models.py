@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from slmserve.engine.engine import Engine
-from slmserve.engine.loader import LoadedModel
+from slmserve.engine.loader import LoadedModel, load_adapters
 from slmserve.engine.runner_torch import TorchRunner
 from slmserve.models.chat_template import HFChatTemplate
 from slmserve.models.hf_tokenizer import HFTokenizer
@@ -118,11 +118,7 @@ def _load(settings: Settings, source: ModelSource) -> LoadedModel:
     eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
     hf_tok = HFTokenizer(tokenizer, eos_ids, vocab_size=model.get_output_embeddings().out_features)
     runner = TorchRunner(model, hf_tok, n_slots=settings.max_running, slot_len=slot_len, device=str(device))
-    for spec in settings.lora:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--lora takes NAME=PATH, not {spec!r}")
-        runner.load_adapter(name, path)
+    load_adapters(runner, settings.lora)
     engine = Engine(
         runner,
         max_running=settings.max_running,

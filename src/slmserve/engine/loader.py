@@ -27,7 +27,7 @@ class LoadedModel:
     max_model_len: int  # the most tokens (prompt + completion) one request may use
     backend: str = "llama.cpp"  # or "torch"
     device: str = "cpu"
-    adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> path (torch); the runner's own dict
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> path; the runner's own dict
     weights: str | None = None  # the weight layout as run, e.g. "q4_0, head q5_0 (requantized from q4_1)"; None: torch
 
     @property
@@ -47,8 +47,6 @@ def load_model(settings: Settings) -> LoadedModel:
     settings = settings.per_model()[0]
     source = resolve_model(settings.model)
     backend, runs = choose_backend(settings, source)
-    if settings.lora and backend != "torch":
-        raise ValueError("LoRA adapters need the torch engine (--engine torch)")
     model = _load_llamacpp(settings, runs) if backend == "llama.cpp" else _load_torch(settings, source)
     model.path = source.path  # what the user gave, not the converted file in the cache
     seconds = time.perf_counter() - start
@@ -81,6 +79,15 @@ def choose_backend(settings: Settings, source: ModelSource) -> tuple[str, ModelS
         return "torch", source
 
 
+def load_adapters(runner: Runner, specs: list[str]) -> None:
+    """Load each --lora NAME=PATH into the runner. Raises ValueError naming a bad flag or adapter."""
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--lora takes NAME=PATH, not {spec!r}")
+        runner.load_adapter(name, path)
+
+
 def _open_llamacpp(settings: Settings, path: Path):
     from slmserve.engine.runner_llamacpp import LlamaCppRunner
 
@@ -92,6 +99,7 @@ def _open_llamacpp(settings: Settings, path: Path):
         n_threads=settings.n_threads,
         kv_unified=settings.kv_unified,
         kv_cache_type=settings.kv_cache_type,
+        cache_dir=Path(settings.cache_dir),
         verbose=settings.log_level == "debug",
     )
 
@@ -115,6 +123,11 @@ def _load_weights(settings: Settings, path: Path) -> tuple[object, weights.Weigh
 
 def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
     runner, plan = _load_weights(settings, source.path)
+    try:
+        load_adapters(runner, settings.lora)
+    except ValueError:
+        runner.close()
+        raise
     log.info("weights: %s from %s (%s)", plan.description, plan.path, plan.reason)
     # Without a unified KV buffer llama.cpp splits the context evenly between the slots.
     per_seq = runner.n_ctx if settings.kv_unified else runner.n_ctx // settings.max_running
@@ -136,6 +149,7 @@ def _load_llamacpp(settings: Settings, source: ModelSource) -> LoadedModel:
         runner.tokenizer,
         _template(runner),
         max_model_len,
+        adapters=runner.adapters,
         weights=plan.description,
     )
 

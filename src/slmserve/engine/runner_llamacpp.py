@@ -1,4 +1,5 @@
-"""The llama.cpp backend: one context, one sequence id per slot, one llama_decode per engine step."""
+"""The llama.cpp backend: one context, one sequence id per slot, one llama_decode per engine step (one per LoRA
+adapter in the step, when requests of several adapters share it)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import numpy as np
 from llama_cpp import _logger as llama_logger
 
 from slmserve.engine.engine import EMBED_SEQS, EMBED_TOKENS
-from slmserve.engine.scheduler import Batch, Copy
+from slmserve.engine.scheduler import Batch, Chunk, Copy
 from slmserve.models.llamacpp_vocab import LlamaCppTokenizer, ModelWeights, read_metadata
+from slmserve.models.lora_gguf import adapter_gguf
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,12 @@ class LlamaCppRunner:
         n_threads: int,
         kv_unified: bool = False,
         kv_cache_type: str = "f16",
+        cache_dir: Path = Path("~/.cache/slmserve"),
         verbose: bool = False,
     ) -> None:
         llama_logger.set_verbose(verbose)
         C.llama_backend_init()
+        self.model_path, self._cache_dir = model_path, cache_dir
         self._weights = ModelWeights(model_path, C.llama_model_default_params())
         self.model = self._weights.ptr
         if not self.model:
@@ -68,6 +72,9 @@ class LlamaCppRunner:
         self.embed_chunk = min(n_batch, self.embed_len)  # a call of embeddings costs the thread a step's prefill
         self.embed_seqs = min(EMBED_SEQS, self.embed_chunk - 1)  # llama.cpp: sequences (ours + 1) <= batch
         self._embed_ctx = None  # made on the first embeddings request: most servers never get one
+        self.adapters: dict[str, str] = {}  # LoRA name -> the path it was loaded from
+        self._loras: dict[str, C.llama_adapter_lora_p] = {}
+        self._active: str | None = None  # the adapter the context applies now; None: the base model
 
     def _init_batch(self, n: int) -> None:
         # The batch's arrays are numpy-owned so a step fills them with slices, not per-token ctypes calls.
@@ -86,15 +93,74 @@ class LlamaCppRunner:
         self._batch.seq_id = self._seq_id_ptrs
         self._batch.logits = self._logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
+    def prepare_adapter(self, path: str) -> Path:
+        """The GGUF LoRA file for a peft adapter directory (converted once into the cache) or a GGUF LoRA file.
+        Touches no llama.cpp state, so it may run on any thread. ValueError if it is no adapter of this model."""
+        source = Path(path).expanduser()
+        return source if source.is_file() else adapter_gguf(source, self.model_path, self._cache_dir)
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter (a peft directory or a GGUF LoRA file) under `name`. Raises ValueError if it is not
+        an adapter of this model."""
+        if name in self.adapters:
+            raise ValueError(f"an adapter named {name!r} is already loaded")
+        lora = C.llama_adapter_lora_init(self.model, str(self.prepare_adapter(path)).encode())
+        if not lora:
+            raise ValueError(f"llama.cpp could not load the LoRA adapter at {path} (another model's adapter?)")
+        self._loras[name], self.adapters[name] = lora, path
+
+    def unload_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            raise KeyError(name)
+        if self._active == name:
+            self._use(None)
+        C.llama_adapter_lora_free(self._loras.pop(name))
+        del self.adapters[name]
+
+    def _use(self, adapter: str | None) -> None:
+        """Apply one adapter (or none) to the context. llama.cpp re-reserves its graph at the next decode after a
+        change, so steps of one adapter keep it set."""
+        if adapter == self._active:
+            return
+        if adapter is None:
+            rc = C.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            loras = (C.llama_adapter_lora_p_ctypes * 1)(self._loras[adapter])
+            rc = C.llama_set_adapters_lora(self.ctx, loras, 1, (ctypes.c_float * 1)(1.0))
+        if rc != 0:
+            raise RuntimeError(f"llama.cpp could not apply the LoRA adapter {adapter!r} (code {rc})")
+        self._active = adapter
+
     def run(self, batch: Batch) -> np.ndarray:
-        """Decode all chunks in one llama_decode; logits [N, V] for the chunks that end their sequence."""
+        """Decode the step's chunks, one llama_decode per adapter among them (llama.cpp applies an adapter to the
+        whole context); logits [N, V] for the chunks that end their sequence, in the batch's order."""
         for op in batch.kv_ops:
             if isinstance(op, Copy):
                 self.copy(op.src, op.dst, op.n)
             else:
                 self.trim(op.slot, op.keep)
+        if not batch.chunks:
+            return np.empty((0, self.tokenizer.vocab_size), dtype=np.float32)
+        groups: dict[str | None, list[int]] = {}
+        for i, chunk in enumerate(batch.chunks):
+            groups.setdefault(chunk.seq.adapter, []).append(i)
+        if len(groups) == 1:
+            self._use(batch.chunks[0].seq.adapter)
+            return self._decode(self._fill(batch.chunks))
+        # Rows of logits in batch order: chunk i's row is the count of logit-giving chunks before it.
+        row_of = np.cumsum([c.needs_logits for c in batch.chunks]) - 1
+        out = np.empty((int(row_of[-1]) + 1, self.tokenizer.vocab_size), dtype=np.float32)
+        for adapter, members in groups.items():
+            self._use(adapter)
+            chunks = [batch.chunks[i] for i in members]
+            logits = self._decode(self._fill(chunks))
+            out[[row_of[i] for i in members if batch.chunks[i].needs_logits]] = logits
+        return out
+
+    def _fill(self, chunks: list[Chunk]) -> int:
+        """Write the chunks' tokens into the batch arrays; the number of tokens."""
         n = 0
-        for chunk in batch.chunks:
+        for chunk in chunks:
             end = n + chunk.length
             self._tokens[n:end] = chunk.seq.tokens(chunk.start, chunk.length)
             self._pos[n:end] = np.arange(chunk.start, chunk.start + chunk.length, dtype=np.int32)
@@ -102,9 +168,7 @@ class LlamaCppRunner:
             self._logits[n:end] = 0
             self._logits[end - 1] = chunk.needs_logits
             n = end
-        if n == 0:
-            return np.empty((0, self.tokenizer.vocab_size), dtype=np.float32)
-        return self._decode(n)
+        return n
 
     def score(self, token_ids: list[int], start: int) -> np.ndarray:
         """Logits [len - start, V] at positions start.. of token_ids decoded alone in one batch (for measurement
@@ -113,6 +177,7 @@ class LlamaCppRunner:
         if not 0 < start < n <= len(self._tokens):
             raise ValueError(f"score needs 0 < start < len(token_ids) <= {len(self._tokens)}")
         C.llama_memory_clear(self._memory, True)
+        self._use(None)
         self._tokens[:n], self._pos[:n], self._seq_ids[:n] = token_ids, np.arange(n), 0
         self._logits[:n] = np.arange(n) >= start
         return self._decode(n)
@@ -190,6 +255,8 @@ class LlamaCppRunner:
         C.llama_memory_seq_rm(self._memory, dst, n, -1)
 
     def close(self) -> None:
+        for name in list(self.adapters):
+            self.unload_adapter(name)
         if self._embed_ctx:
             C.llama_free(self._embed_ctx)
             self._embed_ctx = None

@@ -89,6 +89,10 @@ class TorchRunner:
         self.adapters[name] = path
         self._lora_mode = None  # peft made the new adapter the active one
 
+    def prepare_adapter(self, path: str) -> str:
+        """Nothing to prepare: peft reads the adapter directory as it is."""
+        return path
+
     def unload_adapter(self, name: str) -> None:
         if name not in self.adapters:
             raise KeyError(name)

@@ -34,7 +34,7 @@ class Sequence:
     params: SamplingParams
     detokenizer: Detokenizer
     rng: np.random.Generator
-    adapter: str | None = None  # the LoRA adapter this request runs with (torch engine); None: the base model
+    adapter: str | None = None  # the LoRA adapter this request runs with; None: the base model
     constraint: Constraint | None = None  # the grammar its output must match (params.grammar, compiled)
     dry_breakers: Breakers | None = None  # DRY's sequence breakers in this vocabulary's tokens (params.dry_on)
     guard: LoopGuard | None = None  # with a constraint: holds and takes back repeats, tells the close the JSON state

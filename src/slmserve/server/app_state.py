@@ -142,25 +142,22 @@ class ModelState:
             )
         await self.load()
 
-    async def load_adapter(self, path: str, name: str | None = None) -> tuple[str, bool]:
-        """Load a LoRA adapter (loading the base model first if needed): (its name, True if loaded now).
+    async def load_adapter(self, path: str, name: str | None = None, for_slm: bool = True) -> tuple[str, bool]:
+        """Load a LoRA adapter (loading the base model first if needed): (its name, True if loaded now). for_slm:
+        /slm/generate and /slm/stream use it from now on (seed 002's /slm/load).
 
         The load runs on the engine thread between two steps, so requests in flight are not disturbed.
         """
         await self.load()
         model = self.model
-        if model.backend != "torch":
-            raise errors.APIError(
-                400, "LoRA adapters need the torch engine: start the server with --engine torch", param="lora_path"
-            )
         folder = Path(path).expanduser()
-        if not (folder / "adapter_config.json").is_file():
+        if not (folder / "adapter_config.json").is_file() and not (model.backend == "llama.cpp" and folder.is_file()):
             raise errors.APIError(
                 404, f"LoRA model not found: no adapter_config.json in {path}", param="lora_path", code="lora_not_found"
             )
-        name = name or folder.name
+        name = name or folder.name.removesuffix(".gguf")
         if model.adapters.get(name) == str(folder):
-            self.slm_adapter = name
+            self.slm_adapter = name if for_slm else self.slm_adapter
             return name, False
         if name == model.name or name in model.adapters:
             raise errors.APIError(409, f"the name {name!r} is already taken; unload it or give another lora_name")
@@ -168,7 +165,7 @@ class ModelState:
             await self.engine.load_adapter(name, str(folder))
         except ValueError as exc:
             raise errors.APIError(400, str(exc), param="lora_path") from exc
-        self.slm_adapter = name
+        self.slm_adapter = name if for_slm else self.slm_adapter
         return name, True
 
     async def unload_adapter(self, name: str) -> None:

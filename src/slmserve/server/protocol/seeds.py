@@ -75,7 +75,8 @@ class BatchedResponse(BaseModel):
 
 
 class SlmLoadRequest(BaseModel):
-    """Seed 002: POST /slm/load. With lora_path, load that peft LoRA adapter (torch engine) on the base model."""
+    """Seed 002: POST /slm/load. With lora_path, load that LoRA adapter (a peft directory, or a GGUF LoRA file on
+    llama.cpp)."""
 
     lora_path: str | None = Field(None, min_length=1)
     lora_name: str | None = Field(

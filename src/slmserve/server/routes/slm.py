@@ -14,7 +14,7 @@ from slmserve.server.strict_json import StrictJSONRoute
 router = APIRouter(prefix="/slm", route_class=StrictJSONRoute)
 
 GENERATES = seed_errors(*GUARDED, 413, 422)
-# An adapter that is not there (404), a name taken or in use (409); 400 for an adapter on the llama.cpp engine.
+# An adapter that is not there (404), a name taken or in use (409); 400 for files that are no adapter of the model.
 LIFECYCLE = seed_errors(*GUARDED, 404, 409, 413, 422)
 
 
