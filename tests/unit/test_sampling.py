@@ -91,3 +91,33 @@ def test_a_tiny_temperature_or_repetition_penalty_is_argmax_and_never_nan():
         for seed in range(5):
             token, _ = sample(logits, params, np.random.default_rng(seed), [2], [])
             assert token == 2  # the seen token's positive logit grows to the largest finite value
+
+
+def test_a_gemma_sized_row_draws_each_token_in_proportion_and_never_a_ruled_out_one():
+    row = np.full(262_144, -np.inf, dtype=np.float32)  # Gemma 3's vocabulary: the draw goes block by block
+    picks = {5: 0.1, 70_000: 0.15, 70_001: 0.25, 262_140: 0.5}  # in the first block, two in a middle one, the last
+    for token, p in picks.items():
+        row[token] = np.log(p)
+    allowed = np.ones(len(row), dtype=bool)
+    allowed[262_143] = False  # the last token: where rounding would land, were it not ruled out
+    rng = make_rng(7)
+    got = [sample(row, SamplingParams(temperature=1), rng, [], [], allowed)[0] for _ in range(3000)]
+    assert set(got) == set(picks)
+    for token, p in picks.items():
+        assert abs(got.count(token) / len(got) - p) < 0.04
+
+
+@pytest.mark.parametrize("n_allowed", [3, 200_000])
+def test_greedy_under_a_mask_is_the_best_allowed_token_the_lowest_on_a_tie(n_allowed):
+    row = np.random.default_rng(0).normal(size=262_144).astype(np.float32)
+    best = int(np.argmax(row))
+    row[best] = 100  # ruled out below; the tie's value is then above every other allowed token's
+    allowed = np.zeros(len(row), dtype=bool)
+    allowed[np.random.default_rng(1).permutation(len(row))[:n_allowed]] = True
+    allowed[best] = False
+    tie = np.flatnonzero(allowed)[:2]
+    row[tie] = 50  # two allowed tokens share the best allowed value
+    token, _ = sample(row, SamplingParams(temperature=0), make_rng(0), [], [], allowed)
+    assert token == tie[0]
+    allowed[best] = True
+    assert sample(row, SamplingParams(temperature=0), make_rng(0), [], [], allowed)[0] == best

@@ -12,11 +12,11 @@ import numpy as np
 
 from slmserve.engine.dry import DEFAULT_BREAKERS, MAX_BREAKER_BYTES, MAX_BREAKERS, Breakers, apply_dry
 
-# With top_p < 1, the nucleus is first looked for among this many best tokens; a full sort only when they
-# hold less than top_p of the mass. Sorting all 49k logits for every sequence would cost more than the decode.
+# With top_p < 1, the nucleus is first looked for among this many best tokens (then 8x as many while they hold
+# less than top_p of the mass). Sorting all 49k-262k logits for every sequence would cost more than the decode.
 _NUCLEUS_CANDIDATES = 1024
 
-# Temperatures below this sample as argmax: logits / 1e-300 overflow to inf and the softmax turns to NaN.
+# Temperatures below this sample as argmax (vLLM's _SAMPLING_EPS): nothing is left to draw from.
 GREEDY_BELOW = 1e-5
 _F32 = np.finfo(np.float32)
 
@@ -139,29 +139,94 @@ def apply_penalties(
     return logits
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
+def _weights(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """exp((logits - max) / temperature) [n] float32, the largest 1: the distribution, unnormalised.
+
+    The max comes off first, so no logit over a tiny temperature overflows to inf (a penalty may have pushed one
+    to float32's limits: the difference then overflows to -inf, a weight of 0). float32 halves the memory traffic
+    of float64 over a 262k vocabulary; the sums below are taken in float64 or in blocks.
+    """
+    with np.errstate(over="ignore"):
+        w = np.subtract(logits, logits.max(), dtype=np.float32)
+        w *= np.float32(1 / temperature)  # temperature >= GREEDY_BELOW here: 1 / it is finite
+    return np.exp(w, out=w)
 
 
-def _draw(probs: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> int:
-    cdf = np.cumsum(probs, dtype=np.float64)
-    pick = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-    return int(ids[min(pick, len(ids) - 1)])
+# _draw finds the drawn token block by block: the blocks' sums, then one block's cumulative sum, instead of a
+# float64 cumulative sum over the whole vocabulary (2 MB written per row for Gemma's 262k tokens).
+_BLOCK = 4096
 
 
-def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """Indices (into probs) of the smallest set of most likely tokens holding top_p of the mass."""
-    if len(probs) > _NUCLEUS_CANDIDATES:
-        cand = np.argpartition(probs, -_NUCLEUS_CANDIDATES)[-_NUCLEUS_CANDIDATES:]
-        if probs[cand].sum() < top_p * probs.sum():
-            cand = np.arange(len(probs))
-    else:
-        cand = np.arange(len(probs))
-    order = cand[np.argsort(-probs[cand], kind="stable")]
-    cum = np.cumsum(probs[order], dtype=np.float64)
-    keep = int(np.searchsorted(cum, top_p * probs.sum(), side="left")) + 1
+def _pick(cdf: np.ndarray, target: float) -> int:
+    """The first index whose cumulative weight passes target; where rounding puts target past the end, the last
+    index with weight (never a token of weight 0)."""
+    i = int(np.searchsorted(cdf, target, side="right"))
+    if i < len(cdf):
+        return i
+    return int(np.flatnonzero(np.diff(cdf, prepend=0.0) > 0)[-1])
+
+
+def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """An index drawn with probability weights[i] / sum(weights): one uniform number, inverse CDF."""
+    if len(weights) <= _BLOCK:
+        cdf = np.cumsum(weights, dtype=np.float64)
+        return _pick(cdf, rng.random() * cdf[-1])
+    starts = np.arange(0, len(weights), _BLOCK)
+    block_cdf = np.cumsum(np.add.reduceat(weights, starts), dtype=np.float64)  # float32 block sums: 4096 terms
+    target = rng.random() * block_cdf[-1]
+    b = _pick(block_cdf, target)
+    cdf = np.cumsum(weights[starts[b] : starts[b] + _BLOCK], dtype=np.float64)
+    return int(starts[b]) + _pick(cdf, target - (block_cdf[b - 1] if b else 0.0))
+
+
+def _nucleus(weights: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices (into weights) of the smallest set of most likely tokens holding top_p of the mass.
+
+    Looked for among the best _NUCLEUS_CANDIDATES first, then 8x as many while they hold too little: a flat
+    distribution over 262k tokens would otherwise cost a full sort (~20 ms a row)."""
+    total = float(weights.sum(dtype=np.float64))
+    n = _NUCLEUS_CANDIDATES
+    while True:
+        if n >= len(weights):
+            cand = np.arange(len(weights))
+            break
+        cand = np.argpartition(weights, -n)[-n:]
+        if weights[cand].sum(dtype=np.float64) >= top_p * total:
+            break
+        n *= 8
+    order = cand[np.argsort(-weights[cand], kind="stable")]
+    cum = np.cumsum(weights[order], dtype=np.float64)
+    keep = int(np.searchsorted(cum, top_p * total, side="left")) + 1
     return order[:keep]
+
+
+def _argmax(logits: np.ndarray, allowed: np.ndarray | None) -> int:
+    """The best token the mask allows. The unmasked best first: it is allowed at most steps (inside a string
+    nearly every token is), and then no masked copy of the row is made."""
+    token = int(np.argmax(logits))
+    if allowed is None or allowed[token]:
+        return token
+    ids = np.flatnonzero(allowed)
+    if len(ids) < len(logits) // 8:  # a few allowed (JSON's punctuation): look at those alone
+        return int(ids[np.argmax(logits[ids])])  # ids ascend: a tie goes to the lowest id, as np.argmax's would
+    return int(np.argmax(np.where(allowed, logits, np.float32(-np.inf))))
+
+
+def _draw_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Temperature, top-k, min-p, top-p (llama.cpp's and vLLM's order), then one draw. Tokens dropped by min-p
+    keep their place with weight 0, so no vocabulary-wide array of ids is made unless top-k or top-p cut."""
+    ids = None
+    if 0 < params.top_k < len(logits):
+        ids = np.argpartition(logits, -params.top_k)[-params.top_k :]  # the same set after temperature
+        logits = logits[ids]
+    weights = _weights(logits, params.temperature)
+    if params.min_p > 0:  # probs >= min_p * max(probs), and the largest weight is 1
+        np.putmask(weights, weights < params.min_p, np.float32(0))
+    if params.top_p < 1:
+        keep = _nucleus(weights, params.top_p)
+        weights, ids = weights[keep], (keep if ids is None else ids[keep])
+    pick = _draw(weights, rng)
+    return pick if ids is None else int(ids[pick])
 
 
 def sample(
@@ -180,39 +245,31 @@ def sample(
     own, from raw_logits.
     """
     logits = raw_logits
-    if allowed is not None:
+    processed = bool(params.logit_bias) or params.needs_history
+    if allowed is not None and (processed or not params.greedy):
         logits = np.where(allowed, raw_logits, np.float32(-np.inf))
-    if params.logit_bias or params.needs_history:
-        logits = apply_penalties(logits.astype(np.float32, copy=allowed is None), params, prompt_ids, output_ids)
+    if processed:
+        logits = apply_penalties(logits.astype(np.float32, copy=logits is raw_logits), params, prompt_ids, output_ids)
         if params.dry_on:  # after the penalties, as in llama.cpp's default chain
             apply_dry(logits, params, prompt_ids, output_ids, breakers)
     if params.greedy:
-        token = int(np.argmax(logits))
+        token = _argmax(logits, allowed if logits is raw_logits else None)
     else:
-        ids = np.arange(len(logits))
-        # float64: a logit a penalty pushed to float32's floor, over a small temperature, stays finite.
-        scaled = logits.astype(np.float64) / params.temperature
-        if 0 < params.top_k < len(scaled):
-            ids = np.argpartition(scaled, -params.top_k)[-params.top_k :]
-            scaled = scaled[ids]
-        probs = _softmax(scaled)
-        if params.min_p > 0:
-            keep = probs >= params.min_p * probs.max()
-            ids, probs = ids[keep], probs[keep]
-        if params.top_p < 1:
-            keep = _nucleus(probs, params.top_p)
-            ids, probs = ids[keep], probs[keep]
-        token = _draw(probs, ids, rng)
+        token = _draw_token(logits, params, rng)
     return token, (None if params.logprobs is None else token_logprobs(raw_logits, token, params.logprobs))
 
 
 def token_logprobs(raw_logits: np.ndarray, token: int, k: int) -> TokenLogprobs:
-    """Log-softmax of the unprocessed logits: the chosen token's value and the k best."""
-    x = raw_logits.astype(np.float64)
-    logz = x.max() + np.log(np.exp(x - x.max()).sum())
+    """Log-softmax of the unprocessed logits: the chosen token's value and the k best. The row stays float32
+    (a float64 copy of a 262k row costs more than the rest); the normaliser is summed in float64."""
+    x = raw_logits
+    top_value = x.max()
+    with np.errstate(over="ignore"):
+        shifted = np.subtract(x, top_value, dtype=np.float32)
+    logz = float(top_value) + float(np.log(np.exp(shifted, out=shifted).sum(dtype=np.float64)))
     top: list[tuple[int, float]] = []
     if k:
         best = np.argpartition(x, -k)[-k:]
         best = best[np.argsort(-x[best], kind="stable")]
-        top = [(int(i), float(x[i] - logz)) for i in best]
-    return TokenLogprobs(token, float(x[token] - logz), top)
+        top = [(int(i), float(x[i]) - logz) for i in best]
+    return TokenLogprobs(token, float(x[token]) - logz, top)
