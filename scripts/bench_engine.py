@@ -8,6 +8,7 @@ lent GPU machine, where the real weights cannot travel; speed does not depend on
     python scripts/bench_engine.py --engine torch --device cpu --concurrency 1,8,32,64 --json out.json
     python scripts/bench_engine.py --model DIR --random-weights --device cuda --concurrency 1,32,128
     python scripts/bench_engine.py --device cpu --concurrency 32 --lora-mix 2   # the cost of LoRA adapters
+    python scripts/bench_engine.py --engine llama.cpp --concurrency 1,8,32 --lora-mix 1 --rounds 3
     python scripts/bench_engine.py --device cuda --concurrency 1,32 --peer generate
 
 --peer generate also runs transformers' own `generate` at each level, in the same process on the same device and
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +132,14 @@ def run_level(model, n: int, max_tokens: int, adapters: list[str | None] = (None
     }
 
 
+def _median_row(runs: list[dict]) -> dict:
+    """One run's row with the median tok/s over the rounds and each round's figure in tokens_per_s_all."""
+    rates = sorted(r["tokens_per_s"] for r in runs)
+    row = dict(runs[0], tokens_per_s=statistics.median(rates), tokens_per_s_all=[r["tokens_per_s"] for r in runs])
+    row["seconds"] = statistics.median(r["seconds"] for r in runs)
+    return row
+
+
 def peer_matmul(model, levels: list[int], rounds: int = 20) -> list[dict]:
     import torch
 
@@ -176,6 +186,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--random-weights", action="store_true", help="random weights from --model's config")
     parser.add_argument("--lora-mix", type=int, default=0, help="K random adapters: base, one, mixed runs")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; figures are their medians")
+    parser.add_argument("--kv-unified", action="store_true", help="llama.cpp: one KV buffer for all slots")
     parser.add_argument("--peer", default="", help="comma-separated: generate, matmul (see above)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -187,7 +199,7 @@ def main() -> None:
     slots = max(levels)
     settings = Settings(
         model=model_path, engine=args.engine, device=args.device, dtype=args.dtype, max_running=slots,
-        ctx_size=slots * 512, max_waiting=max(256, slots),
+        ctx_size=slots * 512, max_waiting=max(256, slots), kv_unified=args.kv_unified,
     )  # fmt: skip
     model = load_model(settings)
     mixes: list[list[str | None]] = [[None]]
@@ -195,7 +207,10 @@ def main() -> None:
         for name, path in random_adapters(model_path, args.lora_mix).items():
             model.runner.load_adapter(name, path)
         mixes += [["a0"], [None, *model.runner.adapters]]
-    results = [run_level(model, n, args.max_tokens, mix) for n in levels for mix in mixes]
+    # Rounds alternate the runs (base, adapter, mixed, base, ...) so a slow minute of a shared machine falls on
+    # all of them; each figure is the median over the rounds, with every round's tok/s kept beside it.
+    rounds = [[run_level(model, n, args.max_tokens, mix) for n in levels for mix in mixes] for _ in range(args.rounds)]
+    results = [_median_row([r[i] for r in rounds]) for i in range(len(rounds[0]))]
     if "matmul" in peers:
         results += peer_matmul(model, levels)
     if "generate" in peers:
@@ -207,6 +222,7 @@ def main() -> None:
         "device_name": device_name(model.device),
         "dtype": args.dtype,
         "max_tokens": args.max_tokens,
+        "kv_unified": args.kv_unified,
         "results": results,
     }
     model.close()

@@ -195,7 +195,7 @@ def _check_sources(settings: Settings) -> None:
 
     for each in settings.per_model():
         try:
-            resolve_model(each.model)
+            resolve_model(each.model, each.cache_dir)
         except FileNotFoundError as exc:
             raise ValueError(str(exc)) from exc
 
@@ -449,8 +449,10 @@ def requantize(
     out: Annotated[Path, typer.Argument(help="The GGUF file to write.")],
     to: Annotated[Literal["q4_0", "q8_0", "iq4_nl", "f16"], typer.Option(help="The weights' type.")] = "q8_0",
     model: Annotated[str, typer.Option(help="A known model id or a GGUF file.")] = "smollm2-135m-instruct",
+    lora: Annotated[Path | None, typer.Option(help="A peft LoRA adapter to merge in first (torch extra).")] = None,
 ) -> None:
-    """Write a copy of a GGUF model with its weights in another type (llama.cpp's quantize).
+    """Write a copy of a GGUF model with its weights in another type (llama.cpp's quantize); with --lora, a
+    standalone model with that fine-tuned adapter merged into its weights, for llama-server, Ollama or slmserve.
 
     A second model to serve or compare; made from the bundled Q4_1 file, it holds no more than Q4_1 did."""
     from slmserve.models import weights
@@ -464,12 +466,33 @@ def requantize(
     if out.resolve() == source.resolve():
         typer.echo(f"Error: {out} is the model itself; name another file", err=True)
         raise typer.Exit(2)
+    merged = out.with_name(f".{out.name}.merged-f16.gguf")
     try:
+        if lora is not None:
+            _merge(lora, model, merged)
+            source = merged
         weights.requantize(source, out, to)
     except weights.WeightsError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"wrote {out} ({to}, from {source.name}); serve it with: slmserve serve --model {out}")
+    finally:
+        merged.unlink(missing_ok=True)
+    what = f"{model} with {lora} merged" if lora else source.name
+    typer.echo(f"wrote {out} ({to}, from {what}); serve it with: slmserve serve --model {out}")
+
+
+def _merge(adapter: Path, model: str, out: Path) -> None:
+    """The base model with the adapter merged, as an F16 GGUF at out; exits with a message when it cannot."""
+    try:
+        from slmserve.finetune import merged_gguf
+    except ImportError as exc:
+        typer.echo(f"merging an adapter needs the torch extra: pip install 'slmserve[torch]' ({exc})", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        merged_gguf(adapter, model, out, Settings().cache_dir)
+    except ValueError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 tools_cli.register(app, _settings_options)

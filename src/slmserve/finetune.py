@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,6 +154,28 @@ class Progress(TrainerCallback):
 def base_model_path(model: str, cache_dir: str) -> str:
     """What transformers can load for this model: a HF directory or hub id; a GGUF is converted (cached)."""
     return model_location(resolve_model(model), cache_dir)
+
+
+def merged_gguf(adapter: Path, model: str, out: Path, cache_dir: str) -> None:
+    """Write the base model with the LoRA adapter merged into its weights (peft's merge_and_unload) to `out` as an
+    F16 GGUF, a standalone model for llama-server, Ollama or slmserve. Raises ValueError for a bad adapter."""
+    from peft import PeftModel
+
+    from slmserve.models import convert_hf
+
+    where = base_model_path(model, cache_dir)
+    base = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+    try:
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"cannot merge the LoRA adapter at {adapter} into {model}: {exc}") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(where).save_pretrained(tmp)
+        try:
+            convert_hf.convert(Path(tmp), out)
+        except convert_hf.UnsupportedModel as exc:
+            raise ValueError(f"the merged model cannot be written as GGUF: {exc}") from exc
 
 
 def plot_losses(log_history: list[dict], path: Path) -> None:

@@ -98,5 +98,6 @@ def test_slm_load_serves_an_adapter_on_llama_cpp(lora_server, adapters):
     assert r.status_code == 200 and r.json()["lora_name"] == "green"
     info = httpx.get(f"{url}/slm/info").json()
     assert (info["engine"], info["lora_name"], info["lora_path"]) == ("llama.cpp", "green", str(green))
+    assert info["engines"] == {"smollm2-135m-instruct": "llama.cpp"}
     r = httpx.post(f"{url}/slm/unload", json={"lora_name": "green"}, timeout=60)
     assert r.status_code == 200 and httpx.get(f"{url}/slm/info").json()["lora_name"] is None

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from slmserve.cli import app
+from slmserve.engine.loader import load_model
+from slmserve.engine.sampling import SamplingParams
 from slmserve.finetune import FinetuneConfig, finetune, read_examples
 from slmserve.settings import Settings
 from tests.integration.conftest import LiveServer, chat_body
@@ -75,6 +79,19 @@ def test_the_adapter_keeps_its_style_on_llama_cpp_beside_base_requests(llamacpp_
     for question in HELD_OUT:
         assert answers[question, "pirate"].startswith("Arr, matey!")
         assert "matey" not in answers[question, None].lower()
+
+
+def test_the_adapter_merged_into_a_standalone_gguf_answers_like_a_pirate(pirate, tmp_path):
+    out = tmp_path / "pirate.q8_0.gguf"
+    result = CliRunner().invoke(app, ["requantize", str(out), "--to", "q8_0", "--lora", str(pirate[0])])
+    assert result.exit_code == 0, result.output
+    model = load_model(Settings(model=str(out), weights="original", max_running=4))
+    render = model.chat_template.render
+    prompts = {q: model.tokenizer.encode(render([{"role": "user", "content": q}]), add_special=False) for q in HELD_OUT}
+    answers = model.engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0))
+    model.close()
+    assert all(model.tokenizer.decode(ids).startswith("Arr, matey!") for ids in answers.values()), answers
+    assert not list(tmp_path.glob(".*merged*"))  # the F16 step is removed
 
 
 def test_models_lists_the_adapter_with_its_base(lora_server):

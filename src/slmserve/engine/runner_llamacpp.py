@@ -150,7 +150,8 @@ class LlamaCppRunner:
         # Rows of logits in batch order: chunk i's row is the count of logit-giving chunks before it.
         row_of = np.cumsum([c.needs_logits for c in batch.chunks]) - 1
         out = np.empty((int(row_of[-1]) + 1, self.tokenizer.vocab_size), dtype=np.float32)
-        for adapter, members in groups.items():
+        # The adapter the context holds goes first: a step of two groups then switches once, not twice.
+        for adapter, members in sorted(groups.items(), key=lambda group: group[0] != self._active):
             self._use(adapter)
             chunks = [batch.chunks[i] for i in members]
             logits = self._decode(self._fill(chunks))

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from slmserve.server import errors, serving_seeds
-from slmserve.server.app_state import get_state
+from slmserve.server.app_state import get_app_state, get_state
 from slmserve.server.protocol import seeds as sd
 from slmserve.server.protocol.errors import GUARDED, seed_errors
 from slmserve.server.strict_json import StrictJSONRoute
@@ -33,6 +33,8 @@ async def info(request: Request) -> dict:
         "lora_path": adapters.get(state.slm_adapter),
         "lora_name": state.slm_adapter,
         "adapters": adapters,
+        # every served model's backend (llama.cpp or torch), for servers of several models
+        "engines": {name: each.model.backend for name, each in get_app_state(request).models.items() if each.model},
         "cuda_available": bool(model and model.device.startswith("cuda")),
         "mps_available": False,
     }
