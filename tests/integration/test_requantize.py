@@ -19,7 +19,7 @@ def test_the_readme_makes_every_gguf_file_its_examples_name(tmp_path, monkeypatc
     named = set(re.findall(r"\./[\w.-]+\.gguf", text))  # the files the examples serve, compare and deploy
     assert named == {"./SmolLM2-135M-Instruct.Q8_0.gguf"}
     monkeypatch.chdir(tmp_path)  # a fresh checkout's working directory: no such file yet
-    result = CliRunner().invoke(cli, shlex.split(command)[1:])
+    result = CliRunner().invoke(cli, shlex.split(command, comments=True)[1:])
     assert result.exit_code == 0, result.output
     for path in named:
         assert weights.main_type(weights.tensor_types(Path(path))) == "q8_0"

@@ -166,10 +166,10 @@ def sse_events(server, path: str, body: dict) -> list[dict]:
         return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
 
 
-def test_slm_load_of_a_lora_adapter_on_the_llama_cpp_engine_is_a_400(server, tmp_path):
+def test_slm_load_of_a_folder_with_no_adapter_weights_is_a_400_naming_the_missing_file(server, tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
     r = post(server, "/slm/load", {"lora_path": str(tmp_path)})
-    assert r.status_code == 400 and "--engine torch" in r.json()["detail"]
+    assert r.status_code == 400 and "no adapter_model.safetensors" in r.json()["detail"]
 
 
 def test_slm_lifecycle_load_generate_unload_and_stream_loads_again(own_server):

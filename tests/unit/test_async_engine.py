@@ -102,11 +102,14 @@ def test_queue_full_and_shutdown_are_reported_to_callers():
 
 
 class AdapterRunner(ScriptedRunner):
-    """A runner that holds LoRA adapters by name, as the torch runner does."""
+    """A runner that holds LoRA adapters by name, as the real runners do."""
 
     def __init__(self) -> None:
         super().__init__(script=b"x" * 10_000)
         self.adapters: dict[str, str] = {}
+
+    def prepare_adapter(self, path: str) -> str:
+        return path
 
     def load_adapter(self, name: str, path: str) -> None:
         self.adapters[name] = path
