@@ -16,9 +16,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,19 +68,11 @@ def cached_gguf(model_dir: Path, cache_dir: Path) -> Path:
     out = cache_path(model_dir, cache_dir.expanduser())
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed into place: a crash never leaves half a file under the final name.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".gguf")
-    os.close(fd)
-    try:
-        start = time.perf_counter()
-        log.info("converting %s to GGUF for llama.cpp (once; cached in %s)", model_dir, out.parent)
-        convert(model_dir, Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is read by whoever serves the model
-        os.replace(tmp, out)
-        log.info("converted %s in %.1f s", model_dir.name, time.perf_counter() - start)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    start = time.perf_counter()
+    log.info("converting %s to GGUF for llama.cpp (once; cached in %s)", model_dir, out.parent)
+    with weights.into_place(out) as tmp:
+        convert(model_dir, tmp)
+    log.info("converted %s in %.1f s", model_dir.name, time.perf_counter() - start)
     _prune(model_dir, out)
     return out
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from slmserve.models.convert_hf import permute_rope
-from slmserve.models.weights import file_key
+from slmserve.models.weights import file_key, into_place
 
 # Bumped when the way a file is made changes, so old cache files are not reused.
 _RECIPE = 2
@@ -48,14 +46,8 @@ def adapter_gguf(adapter_dir: Path, base: Path, cache_dir: Path) -> Path:
     out = cache_dir.expanduser() / "lora" / f"{adapter_dir.name}-{digest.hexdigest()[:16]}.gguf"
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=out.parent)
-    os.close(fd)
-    try:
-        write_lora_gguf(adapter_dir, base, Path(tmp))
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with into_place(out) as tmp:
+        write_lora_gguf(adapter_dir, base, tmp)
     return out
 
 

