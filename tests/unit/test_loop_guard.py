@@ -185,3 +185,81 @@ def test_looping_tail_finds_where_the_second_copy_begins():
     assert looping_tail(b"metropolitan metropolitan ") is None  # two copies may be meant
     assert looping_tail(b"ha ha ha ") is None  # 9 bytes: too short to call a loop
     assert looping_tail(b"v1.2.3, v1.2.4, v1.2.5, ") is None
+
+
+def test_the_fourth_of_a_family_of_near_repeats_closes_the_list():
+    landmarks = b'"Tokyo Tower", "Tokyo Shinjuku", "Tokyo Shokukai", "Tokyo Shokuhai", "Tokyo Shokunin", "Tokyo Shoku"'
+    out, _ = run(
+        b'{"name": "Tokyo", "population_millions": 14, "landmarks": [' + landmarks, grammar_from("json_schema", CITY)
+    )
+    family = ["Tokyo Shokukai", "Tokyo Shokuhai", "Tokyo Shokunin"]  # "Tokyo Shoku" would be its fourth
+    assert json.loads(out["text"])["landmarks"] == ["Tokyo Tower", "Tokyo Shinjuku", *family]
+    assert out["finish"] == "stop" and not out["closed"]
+
+
+def test_counting_list_items_are_a_family_but_three_like_questions_are_not():
+    steps = b", ".join(b'"%d. Pour"' % n for n in range(1, 30))
+    out, _ = run(
+        b'["1. Mix", ' + steps + b"]", grammar_from("json_schema", {"type": "array", "items": {"type": "string"}})
+    )
+    assert json.loads(out["text"]) == ["1. Mix", "1. Pour", "2. Pour", "3. Pour"]
+    quiz = [
+        {"question": f"What is the capital of {c}?", "answer": a}
+        for c, a in [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome")]
+    ]
+    out, _ = run(json.dumps(quiz).encode(), grammar_from("json_schema", {"type": "array"}))
+    assert json.loads(out["text"]) == quiz
+    dates = b'["2024-01-05", "2024-01-12", "2024-01-19", "2024-01-26", "2024-02-02"]'
+    out, _ = run(dates, grammar_from("json_schema", {"type": "array"}))
+    assert out["text"] == dates.decode()  # no letters: data such as dates, until eight of them count
+
+
+def test_objects_are_a_family_by_their_first_string_value():
+    todo = b", ".join(b'{"task": "tackle %d", "done": false}' % n for n in range(1, 20))
+    out, _ = run(b'{"items": [' + todo + b"]}", grammar_from("json_object"))
+    assert [i["task"] for i in json.loads(out["text"])["items"]] == ["tackle 1", "tackle 2", "tackle 3"]
+
+
+def test_a_string_whose_clauses_are_a_family_is_closed_before_the_fourth():
+    text = b"Pack the passport, then add it to the list, then add it to it again, then add it to that list, "
+    out, _ = run(
+        b'{"summary": "' + text + b"then add it to mine, then add it to yours" * 5 + b'"}',
+        grammar_from("json_schema", SUMMARY),
+    )
+    kept = "Pack the passport, then add it to the list, then add it to it again, then add it to that list"
+    assert json.loads(out["text"]) == {"summary": kept}
+    sentences = b"The export fails. The export button does nothing. The app then stops. "
+    out, _ = run(b'{"summary": "' + sentences + b'"}', grammar_from("json_schema", SUMMARY))
+    assert json.loads(out["text"])["summary"] == sentences.decode()  # two like sentences are prose
+
+
+def test_a_number_past_seventeen_digits_ends():
+    schema = {"type": "object", "properties": {"answer_index": {"type": "integer"}}, "required": ["answer_index"]}
+    out, _ = run(b'{"answer_index": ' + b"1113111122222233333334444" * 4 + b"}", grammar_from("json_schema", schema))
+    assert json.loads(out["text"]) == {"answer_index": 11131111222222333}
+    assert out["finish"] == "stop" and not out["closed"]
+
+
+def test_a_text_answer_that_loops_within_its_lines_is_ended():
+    grammar = grammar_from("lark", _tools_grammar())
+    out, _ = run(b"This script will output:\n2022: " + b"2022: " * 40, grammar, max_tokens=300)
+    assert out["text"] == "This script will output:\n2022: 2022: 2022: " and out["finish"] == "stop"  # streamed: kept
+    table = b"| city | temp |\n|---|---|---|---|---|---|\n| Oslo | 3 |\n"
+    out, _ = run(table, grammar, max_tokens=300)
+    assert out["text"] == table.decode()  # a markdown rule is no loop of words
+
+
+def test_lines_of_a_family_end_the_text_answer_after_the_fifth():
+    grammar = grammar_from("lark", _tools_grammar())
+    lines = b"".join(
+        b"<tool_tool_call_%s>\n" % w for w in (b"result", b"success", b"failure", b"done", b"again", b"more")
+    )
+    out, _ = run(b"Here is how:\n" + lines, grammar, max_tokens=300)
+    assert out["text"].splitlines()[1:] == [
+        "<tool_tool_call_result>",
+        "<tool_tool_call_success>",
+        "<tool_tool_call_failure>",
+        "<tool_tool_call_done>",
+        "<tool_tool_call_again>",  # streamed as it came: the answer ends after it
+    ]
+    assert out["finish"] == "stop"

@@ -1,15 +1,15 @@
-"""The loop guard: a structured answer may not repeat a list item, an object key, a tool or an answered call.
+"""The loop guard: a structured answer may not loop in its lists, keys, strings, numbers, lines or tool calls.
 
 A small model under a JSON schema goes on writing `"Rome", "Rome", ...` until max_tokens, and after a tool's
-result calls the same tool again. A mask cannot see that coming (the item is a repeat only once it is complete),
-so the guard watches the answer's JSON as it grows and, when an item turns out to repeat an earlier one of the
-same list verbatim, takes the item back (with its separator) and makes the model close that list: tokens that
-would continue it are banned until it is closed. A repeated key of an object is taken back the same way. A second
-call of the same tool in one answer, or a call identical to one the conversation already holds a result for, is
-taken back and the calls end there (an answer that has no call left answers in text). Each list, object or
-answer is taken back at most once, so the guard ends. A plain-text answer beside tools that writes a line a third
-time is taken back to that line and ended; a string whose text ends in a loop is taken back to its first copy
-and closed (repeated_lines.py).
+result calls the same tool again. A mask cannot see that coming (an item is a repeat only once it is complete), so
+the guard reads the answer as it grows. A list item that repeats an earlier one verbatim, or is the fourth of a
+family of near repeats ("2. Pour", "3. Pour", ...), is taken back with its separator and the list must close
+(commas that would continue it are banned); an object's keys likewise. A string that ends in a loop, or whose
+clauses form such a family, is cut and closed; a number past 17 digits ends. A second call of one tool, or a
+call the conversation already holds a result for, is taken back and the calls end there. A plain-text answer
+beside tools whose line is a third copy or the fifth of a family, or that loops within its lines, is taken back
+and ended. The rules that read text are in repeated_lines.py. Each list, object, string or answer is taken back
+at most once, so the guard ends.
 
 Text that could still be taken back is held: not streamed until the item is known to be new. Greedy stays
 deterministic: the guard's decisions depend on the tokens only.
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slmserve.engine.repeated_lines import BOUNDARY, MAX_UNIT, TAIL_BYTES, RepeatedLines, looping_tail
+from slmserve.engine import repeated_lines as loops
 
 if TYPE_CHECKING:  # the vocabulary facts live with the other vocabulary tables, in structured.py
     from slmserve.engine.structured import GuardVocab
 
-_QUOTE, _BACKSLASH, _COMMA, _LT, _NEWLINE = ord('"'), ord("\\"), ord(","), ord("<"), ord("\n")
+_QUOTE, _BACKSLASH, _COMMA, _LT = ord('"'), ord("\\"), ord(","), ord("<")
 _OPEN, _CLOSE = b"[{", b"]}"
 CALL_OPEN = b"<tool_call>"
 
@@ -42,6 +42,7 @@ class _Frame:
     item_start: int  # where the current item (list) or member (object) begins
     sep: int | None = None  # offset of the comma before the current item; None for the first
     seen: set[bytes] = field(default_factory=set)  # earlier items (list) or keys (object)
+    family: loops.NearRepeats = field(default_factory=loops.NearRepeats)  # the same, to find near repeats
     key_open: bool = True  # object: the current member's key is not read yet
 
 
@@ -81,10 +82,11 @@ class LoopGuard:
         self.in_string = self._escape = False
         self._stack: list[_Frame] = []
         self._string_start = 0
+        self._clauses = loops.Clauses(0)  # the clauses of the string being written
         self._call_start: int | None = None  # offset of the call being written (held while answered calls exist)
         self._top_start = 0  # offset where the current top-level value began
         self._text = False  # a plain-text answer (tools "auto"): only its lines are watched
-        self._lines = RepeatedLines()
+        self._lines = loops.RepeatedLines()
         self._decided = False  # the answer's first byte that is not a space has been read
         self._called: set[str] = set()  # the tools this answer has called
         self._closing_bracket = b""  # what closes the list or object of the repeat last found
@@ -131,10 +133,6 @@ class LoopGuard:
         out, self._released = self._tokens[self._released : n], n
         return out
 
-    @property
-    def num_held(self) -> int:
-        return len(self._tokens) - self._released
-
     def _hold_from(self) -> int:
         """The first byte that may still be taken back."""
         marks = [f.sep for f in self._stack if f.sep is not None and (f.kind == _OPEN[0] or f.key_open)]
@@ -143,7 +141,7 @@ class LoopGuard:
         if self._text and self._lines.may_repeat(self.buf):
             marks.append(self._lines.start)
         if self.in_string and self._string_start not in self.cut_strings:  # the copies of a loop to take back
-            marks.append(max(self._string_start + 1, len(self.buf) - 2 * MAX_UNIT))
+            marks.append(max(self._string_start + 1, len(self.buf) - 2 * loops.MAX_UNIT))
         return min(marks, default=len(self.buf))
 
     def ban(self, allowed: np.ndarray) -> None:
@@ -169,6 +167,8 @@ class LoopGuard:
         if self.frozen and any(f.start in self.frozen for f in self._stack):
             commas = self.vocab.commas[allowed[self.vocab.commas]]
             banned += [t for t in commas if self._continues_frozen(self.vocab.pieces[t])]
+        if self._stack and not self.in_string and loops.number_digits(self.buf) >= loops.MAX_DIGITS:
+            banned += list(self.vocab.numeric[allowed[self.vocab.numeric]])
         if banned and len(banned) < np.count_nonzero(allowed):  # never all: the grammar may need it (minItems)
             allowed[banned] = False
 
@@ -195,7 +195,7 @@ class LoopGuard:
         for i, b in enumerate(piece, offset):
             self.buf.append(b)
             if self._text:
-                if b == _NEWLINE and (found := self._lines.newline(self.buf, i)) is not None and not self.must_end:
+                if back_to is None and not self.must_end and (found := self._lines.read(self.buf, i)) is not None:
                     back_to, self.must_end, self._closing_bracket = found, True, b""
                 continue
             if self.in_string:
@@ -206,10 +206,15 @@ class LoopGuard:
                 elif b == _QUOTE:
                     self.in_string = False
                     back_to = self._key_read(i) if back_to is None else back_to
-                elif b in BOUNDARY and back_to is None and self._string_start not in self.cut_strings:
-                    back_to = self._loop_in_string(i)
+                elif b in loops.BOUNDARY and back_to is None and self._string_start not in self.cut_strings:
+                    found = loops.string_loop(self.buf, self._string_start, i)
+                    found = self._clauses.done(self.buf, i) if found is None else found
+                    if found is not None:  # the string is to be closed there
+                        self.cut_strings.add(self._string_start)
+                        self._closing_bracket, self._string_loop, back_to = b'"', True, found
             elif b == _QUOTE:
                 self.in_string, self._string_start, self._decided = True, i, True
+                self._clauses = loops.Clauses(i)
             elif b in _OPEN:
                 self._decided = True
                 if not self._stack:
@@ -230,16 +235,6 @@ class LoopGuard:
                 self._outside(b, i)
         return back_to
 
-    def _loop_in_string(self, i: int) -> int | None:
-        """A string whose text now ends in a loop: where its second copy begins; the string is to be closed."""
-        start = max(self._string_start + 1, i + 1 - TAIL_BYTES)  # a loop shows in the tail: the cost stays flat
-        found = looping_tail(bytes(self.buf[start : i + 1]))
-        if found is None:
-            return None
-        self.cut_strings.add(self._string_start)
-        self._closing_bracket, self._string_loop = b'"', True
-        return start + found
-
     def _outside(self, b: int, i: int) -> None:
         """A byte outside any JSON value: a call's tags, the newlines between calls, or a plain-text answer."""
         if b == _LT and (self.answered_calls or self._called):  # a call that may repeat: held until complete
@@ -257,7 +252,7 @@ class LoopGuard:
         if top.kind != _OPEN[0]:
             return None
         item = bytes(self.buf[top.item_start : i]).strip()
-        return self._repeat(top, item, b"]") if item else None
+        return self._repeat(top, item, b"]", loops.item_text(item)) if item else None
 
     def _key_read(self, i: int) -> int | None:
         """A string closed at i: when it is an object's key that repeats an earlier one, the comma before it."""
@@ -265,12 +260,15 @@ class LoopGuard:
             return None
         top = self._stack[-1]
         top.key_open = False
-        return self._repeat(top, bytes(self.buf[self._string_start : i + 1]), b"}")
+        key = bytes(self.buf[self._string_start : i + 1])
+        return self._repeat(top, key, b"}", key[1:-1])
 
-    def _repeat(self, top: _Frame, value: bytes, bracket: bytes) -> int | None:
-        """The comma before `value` when it repeats an earlier item (or key) of `top`, which is then frozen (to be
-        closed by `bracket`); else None, and `value` is remembered."""
-        if value in top.seen and top.sep is not None and top.start not in self.frozen:
+    def _repeat(self, top: _Frame, value: bytes, bracket: bytes, text: bytes | None) -> int | None:
+        """The comma before `value` when it repeats an earlier item (or key) of `top`, or its text is the fourth of
+        a family of near repeats there; `top` is then frozen (to be closed by `bracket`). Else None, and `value`
+        is remembered."""
+        near = text is not None and top.family.loops(text)
+        if (value in top.seen or near) and top.sep is not None and top.start not in self.frozen:
             self.frozen.add(top.start)
             self._closing_bracket, self._string_loop = bracket, False
             return top.sep

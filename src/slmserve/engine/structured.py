@@ -275,8 +275,8 @@ def allowed_tokens(bitmask_row: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 class GuardVocab:
-    """Per-vocabulary facts the guard needs: each token's bytes, the tokens holding a comma or a '<', and the
-    tokens that end an answer."""
+    """Per-vocabulary facts the guard needs: each token's bytes, the tokens holding a comma or a '<', those that
+    may go on writing a number, and the tokens that end an answer."""
 
     def __init__(self, token_bytes, vocab_size: int, num_tokens: int, ends: tuple[int, ...] = ()) -> None:
         self.ends = np.array(sorted(ends), dtype=np.int64)
@@ -288,3 +288,5 @@ class GuardVocab:
                 by_first.setdefault(p[0], []).append(i)
         self.by_first = {b: np.array(ids, dtype=np.int64) for b, ids in by_first.items()}
         self.angles = np.array([i for i, p in enumerate(self.pieces) if b"<" in p], dtype=np.int64)
+        numeric = b"0123456789.eE"
+        self.numeric = np.array([i for i, p in enumerate(self.pieces) if p[:1] and p[0] in numeric], dtype=np.int64)
