@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from fastapi.routing import APIRoute
 
 from slmserve.engine.async_engine import EngineDeadError, EngineStepError
 from slmserve.engine.engine import UnknownAdapterError
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.engine.structured import GrammarError
-from slmserve.server.errors import APIError
+from slmserve.server.errors import APIError, routes_of
 from slmserve.server.store import StoreError
 
 RAISED = [
@@ -92,3 +93,40 @@ def test_an_exception_after_the_first_token_is_an_error_event_in_each_family(ser
     with served.stream("POST", "/v1/messages", json=body) as r:
         text = r.read().decode()
     assert "event: error" in text and '"api_error"' in text and "message_stop" not in text
+
+
+def test_every_route_says_its_family_by_its_router(serve):
+    served = serve()
+    routes = [r for r in routes_of(served.app.router) if isinstance(r, APIRoute)]
+    families = {r.path: getattr(r, "family", None) for r in routes}
+    for path, family in families.items():
+        if path.startswith("/v1/messages"):
+            assert family == "anthropic", path
+        elif path.startswith("/v1/") or path in ("/chat/completions", "/tokenize", "/detokenize"):
+            assert family == "openai", path
+        else:
+            assert family == "seeds", path
+    assert {"/v1/responses", "/v1/load_lora_adapter", "/generate", "/slm/info", "/chat"} <= set(families)
+
+
+def test_a_refusal_before_routing_answers_in_the_family_of_the_route_it_was_for(serve):
+    served = serve(max_body_bytes=1024)
+    big = {"messages": [{"role": "user", "content": "x" * 2000}], "max_tokens": 4}
+    r = served.post("/v1/messages", json=big | {"model": "fake"})
+    assert r.status_code == 413 and r.json()["type"] == "error" and r.json()["error"]["type"] == "request_too_large"
+    r = served.post("/chat/completions", json=big)
+    assert r.status_code == 413 and "message" in r.json()["error"]
+    r = served.post("/generate", json={"prompt": "x" * 2000})
+    assert r.status_code == 413 and isinstance(r.json()["detail"], str)
+
+
+def test_a_wrong_method_or_an_unknown_path_gets_a_shape_too(serve):
+    served = serve()
+    r = served.get("/v1/messages")  # a route of another method: its family's shape
+    assert r.status_code == 405 and r.json()["type"] == "error"
+    r = served.get("/generate")
+    assert r.status_code == 405 and isinstance(r.json()["detail"], str)
+    r = served.get("/v1/no-such-route")  # no route: OpenAI's shape under /v1/
+    assert r.status_code == 404 and r.json()["error"]["message"]
+    r = served.get("/no-such-page")
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from slmserve.engine.async_engine import EngineDeadError, EngineStepError
 from slmserve.engine.engine import UnknownAdapterError
@@ -183,18 +185,32 @@ def of_exception(exc: BaseException, retry_after: int = 1) -> APIError:
     return APIError(500, "The server failed while answering this request.", code="internal_error")
 
 
-# Each API family answers errors in its own shape; a route belongs to a family by its path.
-ANTHROPIC_PATHS = ("/v1/messages",)
-OPENAI_PATHS = ("/chat/completions", "/tokenize", "/detokenize")
+def family(request: Request) -> str:
+    """ "anthropic", "openai" or "seeds": whose error shape a request is answered in, its route's (each router's
+    route class names its family, strict_json.py). A refusal before routing (a middleware's) looks the route up;
+    a path no route serves gets OpenAI's shape under /v1/, FastAPI's elsewhere."""
+    route = request.scope.get("route") or _route_of(request.scope)
+    if route is not None:
+        return getattr(route, "family", "seeds")
+    return "openai" if request.url.path.startswith("/v1/") else "seeds"
 
 
-def family(path: str) -> str:
-    """ "anthropic", "openai" or "seeds": whose error shape the route at path answers in."""
-    if path.startswith(ANTHROPIC_PATHS):
-        return "anthropic"
-    if path.startswith("/v1/") or path in OPENAI_PATHS:
-        return "openai"
-    return "seeds"
+def _route_of(scope: dict):
+    """The route the app would serve this request with (a route of another method if none of its own), or None."""
+    other = None
+    for route in routes_of(getattr(scope.get("app"), "router", None)):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route
+        other = other or (route if match == Match.PARTIAL else None)
+    return other
+
+
+def routes_of(router) -> Iterator:
+    """Every route of a router, those of the routers it includes too (FastAPI keeps an included router whole)."""
+    for route in getattr(router, "routes", ()):
+        inner = getattr(route, "original_router", None)
+        yield from routes_of(inner) if inner is not None else (route,)
 
 
 # Anthropic's error types by status (its API reference, "Errors").
@@ -217,7 +233,7 @@ def anthropic_body(status: int, message: str) -> dict:
 
 def respond(request: Request, exc: APIError) -> JSONResponse:
     """The error in the shape of the route it happened on."""
-    shape = family(request.url.path)
+    shape = family(request)
     if shape == "openai":
         return error_response(exc)
     if shape == "anthropic":
@@ -230,7 +246,7 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        if family(request.url.path) == "seeds":
+        if family(request) == "seeds":
             return await request_validation_exception_handler(request, exc)
         message, param = validation_message(exc)
         return respond(request, APIError(400, message, param=param, code="invalid_value"))

@@ -74,7 +74,10 @@ class StrictJSONRequest(Request):
 
 
 class StrictJSONRoute(APIRoute):
-    """An APIRoute whose handlers read JSON bodies through `loads`."""
+    """An APIRoute whose handlers read JSON bodies through `loads`. `family` names the API whose error shape the
+    route answers in (errors.respond): each router's route class says it, so no list of paths does."""
+
+    family = "seeds"
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
@@ -83,3 +86,15 @@ class StrictJSONRoute(APIRoute):
             return await handler(StrictJSONRequest(request.scope, request.receive))
 
         return strict_handler
+
+
+class OpenAIRoute(StrictJSONRoute):
+    """A route of the OpenAI API (and of vLLM's additions to it): errors as `{"error": {...}}`."""
+
+    family = "openai"
+
+
+class AnthropicRoute(StrictJSONRoute):
+    """A route of Anthropic's Messages API: errors as `{"type": "error", "error": {...}}`."""
+
+    family = "anthropic"

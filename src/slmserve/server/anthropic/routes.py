@@ -10,9 +10,9 @@ from slmserve.server.anthropic import serving
 from slmserve.server.anthropic.protocol import CountTokensRequest, Message, MessagesRequest, TokenCount
 from slmserve.server.app_state import get_app_state
 from slmserve.server.protocol.errors import GUARDED, anthropic_errors
-from slmserve.server.strict_json import StrictJSONRoute
+from slmserve.server.strict_json import AnthropicRoute
 
-router = APIRouter(route_class=StrictJSONRoute)
+router = APIRouter(route_class=AnthropicRoute)
 
 TAKES_MODEL = anthropic_errors(*GUARDED, 404, 413)
 

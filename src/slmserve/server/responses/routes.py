@@ -11,9 +11,9 @@ from slmserve.server.app_state import get_app_state
 from slmserve.server.protocol.errors import GUARDED, openai_errors
 from slmserve.server.responses import serving
 from slmserve.server.responses.protocol import Deleted, ItemList, Response, ResponsesRequest
-from slmserve.server.strict_json import StrictJSONRoute
+from slmserve.server.strict_json import OpenAIRoute
 
-router = APIRouter(route_class=StrictJSONRoute)
+router = APIRouter(route_class=OpenAIRoute)
 
 STORED = openai_errors(*GUARDED, 404)
 

@@ -8,9 +8,9 @@ from fastapi.responses import PlainTextResponse
 from slmserve.server.app_state import AppState, get_app_state
 from slmserve.server.protocol import adapters as pa
 from slmserve.server.protocol.errors import GUARDED, openai_errors
-from slmserve.server.strict_json import StrictJSONRoute
+from slmserve.server.strict_json import OpenAIRoute
 
-router = APIRouter(route_class=StrictJSONRoute)
+router = APIRouter(route_class=OpenAIRoute)
 
 # vLLM answers in plain text; errors are JSON: not an adapter of this model (400), no such path or name (404), a
 # name taken or in use (409).

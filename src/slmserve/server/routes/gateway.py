@@ -1,4 +1,5 @@
-"""Seed 000 (model host + gateway) and seed 001 (/chat/completions), on the shared engine."""
+"""Seed 000 (model host + gateway) and seed 001's chat routes, on the shared engine (seed 001's /chat/completions
+is an OpenAI route: routes/openai.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,8 @@ from fastapi import APIRouter, Depends, Request
 
 from slmserve.server import serving_seeds
 from slmserve.server.app_state import get_serving, get_state
-from slmserve.server.protocol import openai as oa
 from slmserve.server.protocol import seeds as sd
 from slmserve.server.protocol.errors import GUARDED, seed_errors
-from slmserve.server.routes.openai import chat_completions, generation_responses
 from slmserve.server.serving import Serving
 from slmserve.server.strict_json import StrictJSONRoute
 
@@ -40,9 +39,3 @@ async def chat(req: sd.ChatRequest, serving: Serving = Depends(get_serving)) -> 
 @router.post("/chat/batched", response_model=sd.BatchedResponse, responses=GENERATES)
 async def chat_batched(req: sd.BatchedRequest, serving: Serving = Depends(get_serving)) -> sd.BatchedResponse:
     return await serving_seeds.chat_batched(serving, req)
-
-
-@router.post("/chat/completions", response_model=None, responses=generation_responses(oa.ChatCompletion))
-async def chat_completions_alias(req: oa.ChatCompletionRequest, request: Request):
-    """Seed 001's path for the OpenAI chat completion; `model` may be omitted."""
-    return await chat_completions(req, request)

@@ -12,9 +12,9 @@ from slmserve.server.protocol import openai as oa
 from slmserve.server.protocol.errors import GUARDED, openai_errors
 from slmserve.server.serving_chat import create_chat_completion
 from slmserve.server.serving_completion import create_completion
-from slmserve.server.strict_json import StrictJSONRoute
+from slmserve.server.strict_json import OpenAIRoute
 
-router = APIRouter(route_class=StrictJSONRoute)
+router = APIRouter(route_class=OpenAIRoute)
 
 # Routes with a body naming a model: a wrong name is a 404, a body too large a 413.
 TAKES_MODEL = openai_errors(*GUARDED, 404, 413)
@@ -49,6 +49,12 @@ async def list_models(state: AppState = Depends(get_app_state)) -> oa.ModelList:
 @router.post("/v1/chat/completions", response_model=None, responses=generation_responses(oa.ChatCompletion))
 async def chat_completions(req: oa.ChatCompletionRequest, request: Request):
     return _respond(await create_chat_completion(get_app_state(request).serving_for(req.model), req))
+
+
+@router.post("/chat/completions", response_model=None, responses=generation_responses(oa.ChatCompletion))
+async def chat_completions_alias(req: oa.ChatCompletionRequest, request: Request):
+    """Seed 001's path for the OpenAI chat completion; `model` may be omitted."""
+    return await chat_completions(req, request)
 
 
 @router.post("/v1/completions", response_model=None, responses=generation_responses(oa.Completion))

@@ -10,10 +10,12 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from slmserve.server.strict_json import StrictJSONRoute
+
 STATIC = Path(__file__).resolve().parent.parent / "static"
 VENDOR = "/ui/static/vendor"
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)  # errors in FastAPI's {"detail"} shape, as the seeds'
 
 
 @router.get("/ui", include_in_schema=False)
