@@ -13,7 +13,6 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,28 +30,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from slmserve.engine.hf_models import model_location, pick_device
 from slmserve.models.registry import resolve_model
-from slmserve.settings import Settings
+from slmserve.settings import FinetuneConfig, Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FinetuneConfig:
-    data: Path
-    output: Path
-    model: str = "smollm2-135m-instruct"
-    epochs: float = 3.0
-    lr: float = 1e-3
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: str = "all-linear"
-    batch_size: int = 8
-    max_length: int = 256
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = True
 
 
 def read_examples(path: Path) -> list[list[dict]]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
@@ -230,3 +232,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"two models are served as {name!r}: give one another name with --model NAME=SOURCE")
             out.append(self.model_copy(update={"model": source, "served_model_name": name}))
         return out
+
+
+@dataclass
+class FinetuneConfig:
+    """A LoRA fine-tuning run (`slmserve finetune`, finetune.py); the command's defaults are these."""
+
+    data: Path
+    output: Path
+    model: str = "smollm2-135m-instruct"
+    epochs: float = 3.0
+    lr: float = 1e-3
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str = "all-linear"
+    batch_size: int = 8
+    max_length: int = 256
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = True

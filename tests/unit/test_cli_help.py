@@ -5,8 +5,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from slmserve.cli import SERVER_ONLY, _panel, _shown
 from slmserve.cli import app as cli
+from slmserve.cli.chat import SERVER_ONLY
+from slmserve.cli.options import panel, shown
 from slmserve.settings import Settings
 
 
@@ -27,10 +28,10 @@ def test_help_at_80_columns_keeps_every_flag_env_var_and_default_whole(command):
     assert "…" not in output  # rich's mark for a cut cell
     assert all(len(line) <= 80 for line in output.splitlines())
     text = joined(output)
-    shown = [n for n in Settings.model_fields if not (command in ("generate", "chat") and n in SERVER_ONLY)]
-    for name in shown:
+    listed = [n for n in Settings.model_fields if not (command in ("generate", "chat") and n in SERVER_ONLY)]
+    for name in listed:
         assert f"--{name.replace('_', '-')} " in text, name
-        default = re.sub(r"\s+", " ", _shown(name))
+        default = re.sub(r"\s+", " ", shown(name))
         assert f"(env SLMSERVE_{name.upper()}; default: {default})" in text, name
 
 
@@ -43,6 +44,6 @@ def test_serve_help_groups_the_settings_in_panels_and_is_far_shorter():
     assert len(output.splitlines()) < 250
 
 
-def test_a_setting_no_panel_names_goes_in_the_last_panel():
-    assert _panel("max_running") == "Engine"
-    assert _panel("a_setting_added_later") == "Other settings"
+def test_a_setting_no_panel_names_goes_in_the_lastpanel():
+    assert panel("max_running") == "Engine"
+    assert panel("a_setting_added_later") == "Other settings"

@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from slmserve.cli import app
+from slmserve.cli.tools import numbers
 from slmserve.tools import compare, explore, monitor, plots
-from slmserve.tools.cli import numbers
 from slmserve.tools.measures import bucket_deltas, distinct_n, histogram_quantile, repetition_rate, words
 
 DOCS_BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"

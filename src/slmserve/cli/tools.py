@@ -1,16 +1,18 @@
-"""The tools' subcommands (explore, monitor, compare, plot-bench), registered on `slmserve`'s app by cli.py.
+"""The tools' commands: bench (a load test), explore, monitor, compare, plot-bench.
 
-Declared here to keep cli.py short; the work modules are imported inside each command, so `slmserve --help` and
-`slmserve serve` load neither them nor matplotlib.
+The work modules are imported inside each command, so `slmserve --help` and `slmserve serve` load neither them
+nor matplotlib.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shlex
-from collections.abc import Callable
+import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -161,9 +163,66 @@ def plot_bench(
         _wrote([plots.bench_chart(runs, out, title)])
 
 
-def register(app: typer.Typer, settings_options: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    """Add the tools' commands to `slmserve`; explore takes the server's settings flags for the server it starts."""
-    app.command()(settings_options(explore))
-    app.command()(monitor)
-    app.command()(compare)
-    app.command("plot-bench")(plot_bench)
+def bench(
+    url: Annotated[str, typer.Option(help="Base URL of an OpenAI-compatible server.")] = "http://127.0.0.1:8000",
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,8,32",
+    requests: Annotated[int | None, typer.Option(help="Requests per level (default: 2 x concurrency, >= 8).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens each request generates.")] = 128,
+    ignore_eos: Annotated[bool, typer.Option(help="Send ignore_eos and an EOS logit_bias: exactly max_tokens.")] = True,
+    eos_token_ids: Annotated[str, typer.Option(help="Token ids to ban with --ignore-eos.")] = "0,2",
+    model: Annotated[str | None, typer.Option(help="Model name to send (default: the server's first).")] = None,
+    prompt: Annotated[str, typer.Option(help="The user message of every request.")] = "Tell me a story about a cat.",
+    label: Annotated[str, typer.Option(help="Name of the server under test, for the report.")] = "server",
+    response_format: Annotated[
+        str | None, typer.Option(help="A response_format for every request: JSON, or @FILE holding it.")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Draw tokens/s and TTFT against concurrency into this PNG (needs the tools extra)."),
+    ] = None,
+    compare_json: Annotated[
+        list[Path] | None, typer.Option(help="A saved `bench --json` result to draw beside this run; repeatable.")
+    ] = None,
+) -> None:
+    """Load-test a server: aggregate tokens/s, TTFT, inter-token latency, latency, errors, per concurrency."""
+    from slmserve.bench import BenchConfig, print_report, run_bench, write_json, write_plot
+
+    others = _saved_runs(compare_json or []) if plot else []
+
+    if response_format and response_format.startswith("@"):
+        response_format = Path(response_format[1:]).read_text()
+
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    config = BenchConfig(
+        url=url.rstrip("/"),
+        levels=levels,
+        requests=requests,
+        max_tokens=max_tokens,
+        ignore_eos=ignore_eos,
+        eos_token_ids=[int(t) for t in eos_token_ids.split(",") if t.strip()],
+        model=model,
+        prompt=prompt,
+        label=label,
+        response_format=json.loads(response_format) if response_format else None,
+    )
+    results = asyncio.run(run_bench(config))
+    print_report(config, results)
+    if json_path:
+        write_json(json_path, config, results)
+    if plot:
+        typer.echo(f"wrote {write_plot(plot, config, results, others)}")
+    if any(r.errors for r in results):
+        sys.exit(1)
+
+
+def _saved_runs(paths: list[Path]) -> list[tuple[str, list]]:
+    """Before the load test, not after it: matplotlib is there and the --compare-json files are bench results."""
+    from slmserve.tools.plots import BenchFileError, ToolsMissing, load_bench_results, require
+
+    try:
+        require()
+        return load_bench_results(paths)
+    except (ToolsMissing, BenchFileError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,3 @@
+from slmserve.cli import app
+
+app()
