@@ -6,7 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from slmserve.engine.async_engine import AdapterInUseError, AsyncEngine, EngineDeadError, EngineStepError
+from slmserve.engine.async_engine import AsyncEngine, EngineDeadError, EngineStepError
+from slmserve.engine.engine import AdapterInUseError
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server.engine_client import EngineClient

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slmserve.engine.embedding import Embedder
 from slmserve.engine.engine import Engine, RequestOutput, UnknownAdapterError
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import QueueFullError
@@ -39,10 +40,6 @@ class EngineDeadError(RuntimeError):
 
 class EngineStepError(RuntimeError):
     """A step failed; the requests it carried were ended. The engine goes on serving."""
-
-
-class AdapterInUseError(RuntimeError):
-    """An adapter cannot be unloaded while requests run with it."""
 
 
 @dataclass
@@ -103,7 +100,7 @@ class AsyncEngine:
         self._pending: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="slmserve-engine", daemon=True)
         self._error: EngineDeadError | None = None
-        self._long_embed = asyncio.Lock()
+        self._embedder = Embedder(engine.runner, self.call)
         self._thread.start()
 
     @property
@@ -155,35 +152,8 @@ class AsyncEngine:
         return self.engine.runner.embed_len
 
     async def embed(self, token_lists: list[list[int]]) -> np.ndarray:
-        """Mean-pooled, L2-normalized final hidden states [N, hidden] of the inputs. They go to the runner in calls
-        within its bounds, run between two steps: short inputs packed together, a long one in pieces of a call
-        each, so no call holds the engine thread much longer than a step's prefill does."""
-        runner = self.engine.runner
-        if any(not 0 < len(tokens) <= runner.embed_len for tokens in token_lists):
-            raise ValueError(f"each input must hold 1 to {runner.embed_len} tokens")
-        chunk = runner.embed_chunk
-        sums: list[np.ndarray] = []  # each input's sum of hidden states, in order
-        group: list[list[int]] = []
-
-        async def send_group() -> None:
-            if group:
-                sums.extend(await self.call(lambda g=list(group): runner.embed(g)))
-                group.clear()
-
-        for tokens in token_lists:
-            if len(tokens) > chunk:
-                await send_group()
-                async with self._long_embed:  # the runner holds one long input's earlier pieces at a time
-                    cuts = [(tokens[s : s + chunk], s) for s in range(0, len(tokens), chunk)]
-                    pieces = [await self.call(lambda cut=cut: runner.embed([cut[0]], cut[1])) for cut in cuts]
-                sums.append(np.sum([piece[0] for piece in pieces], axis=0))
-                continue
-            if len(group) == runner.embed_seqs or sum(map(len, group)) + len(tokens) > chunk:
-                await send_group()
-            group.append(tokens)
-        await send_group()
-        means = np.stack(sums) / np.array([len(t) for t in token_lists], dtype=np.float64)[:, None]
-        return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        """Mean-pooled, L2-normalized final hidden states [N, hidden] of the inputs, computed between steps."""
+        return await self._embedder.embed(token_lists)
 
     async def check_grammar(self, grammar: str) -> int | None:
         """Compile a grammar against this engine's vocabulary, off the event loop: the tokens of its shortest answer
@@ -198,16 +168,9 @@ class AsyncEngine:
         await self.call(lambda: self.engine.runner.load_adapter(name, path))
 
     async def unload_adapter(self, name: str) -> None:
-        """Unload an adapter no request uses; AdapterInUseError while some do."""
-
-        def unload() -> None:  # on the engine thread, so no request can start using it meanwhile
-            users = [s for s in self.engine.requests.values() if s.adapter == name]
-            if users:
-                raise AdapterInUseError(f"adapter {name!r} is in use by {len(users)} request(s); retry when done")
-            self.engine.scheduler.drop_caches(name)
-            self.engine.runner.unload_adapter(name)
-
-        await self.call(unload)
+        """Unload an adapter no request uses; AdapterInUseError while some do. On the engine thread, so no request
+        can start using it meanwhile."""
+        await self.call(lambda: self.engine.unload_adapter(name))
 
     async def generate(
         self,

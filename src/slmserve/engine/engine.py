@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from slmserve.engine.detokenizer import Detokenizer
 from slmserve.engine.dry import breakers_for
 from slmserve.engine.loop_guard import LoopGuard
+from slmserve.engine.protocols import Runner
 from slmserve.engine.sampling import SamplingParams, TokenLogprobs, make_rng, sample
 from slmserve.engine.scheduler import Batch, Scheduler
 from slmserve.engine.sequence import Sequence
@@ -20,48 +20,13 @@ class UnknownAdapterError(LookupError):
     """A request names a LoRA adapter the runner does not hold (unloaded after the request was checked)."""
 
 
-class Tokenizer(Protocol):
-    eog_token_ids: frozenset[int]
-
-    def encode(self, text: str, add_special: bool = True, special: bool = True) -> list[int]: ...
-
-    def encode_parts(self, parts: list[tuple[str, bool]], add_special: bool = False) -> list[int]: ...
-
-    def holds_special(self, text: str) -> bool: ...
-
-    def token_bytes(self, token_id: int) -> bytes: ...
-
-    def decode(self, token_ids: list[int]) -> str: ...
+class AdapterInUseError(RuntimeError):
+    """An adapter cannot be unloaded while requests run with it."""
 
 
 # Near the end of its budget a structured answer looks for its close at every token: from this many tokens plus
 # twice the last close's length before max_tokens (a close costs ~0.05-0.7 ms; far from the end it is not needed).
 CLOSE_WINDOW = 32
-
-# One embeddings call takes at most this many inputs and tokens (so one input at most EMBED_TOKENS).
-EMBED_TOKENS = 2048
-EMBED_SEQS = 64
-
-
-class Runner(Protocol):
-    """A model backend: turns a scheduled batch into logits."""
-
-    tokenizer: Tokenizer
-    embed_len: int  # the most tokens of one embeddings input
-    embed_seqs: int  # the most inputs of one embeddings call
-    # The most tokens of one embeddings call. Below embed_len, a longer input goes in pieces of this size, one call
-    # each, so it shares the engine thread with generation steps instead of stalling them.
-    embed_chunk: int
-
-    def run(self, batch: Batch) -> np.ndarray:
-        """Apply batch.kv_ops in order, decode the chunks; logits [N, V], a row per chunk with needs_logits."""
-        ...
-
-    def embed(self, token_lists: list[list[int]], start: int | None = None) -> np.ndarray:
-        """Sums of the final hidden states [N, hidden] over each list's tokens; never touches the KV slots. Whole
-        inputs, or (start given) one list: a piece of a longer input, its tokens before start held from the calls
-        before (begun with start 0)."""
-        ...
 
 
 @dataclass
@@ -153,6 +118,14 @@ class Engine:
         if seq is None:
             return None
         return self._finish(seq, "abort", "", [], [])
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload a LoRA adapter no request uses (its cached prefixes too); AdapterInUseError while some do."""
+        users = [s for s in self.requests.values() if s.adapter == name]
+        if users:
+            raise AdapterInUseError(f"adapter {name!r} is in use by {len(users)} request(s); retry when done")
+        self.scheduler.drop_caches(name)
+        self.runner.unload_adapter(name)
 
     def generate(
         self, prompts: dict[str, list[int]], params: SamplingParams, adapters: dict[str, str | None] | None = None

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmserve.engine.engine import Engine, Runner, Tokenizer
+from slmserve.engine.engine import Engine
+from slmserve.engine.protocols import Runner, Tokenizer
 from slmserve.models import weights
 from slmserve.models.chat_template import ChatTemplate, HFChatTemplate
 from slmserve.models.registry import ModelSource, resolve_model

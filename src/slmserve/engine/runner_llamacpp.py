@@ -11,7 +11,7 @@ import llama_cpp as C
 import numpy as np
 from llama_cpp import _logger as llama_logger
 
-from slmserve.engine.engine import EMBED_SEQS, EMBED_TOKENS
+from slmserve.engine.embedding import EMBED_SEQS, EMBED_TOKENS
 from slmserve.engine.scheduler import Batch, Chunk, Copy
 from slmserve.models.llamacpp_vocab import LlamaCppTokenizer, ModelWeights, read_metadata
 from slmserve.models.lora_gguf import adapter_gguf

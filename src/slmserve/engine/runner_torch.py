@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from slmserve.engine.engine import EMBED_SEQS, EMBED_TOKENS
+from slmserve.engine.embedding import EMBED_SEQS, EMBED_TOKENS
 from slmserve.engine.llama_forward import LlamaForward, linear
 from slmserve.engine.scheduler import Batch, Copy
 from slmserve.engine.slot_cache import ATTN_IMPLEMENTATION, SlotCache, StepLayout

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from fastapi import Request
 
-from slmserve.engine.async_engine import AdapterInUseError, AsyncEngine
+from slmserve.engine.async_engine import AsyncEngine
+from slmserve.engine.engine import AdapterInUseError
 from slmserve.engine.loader import LoadedModel, load_model
 from slmserve.server import errors
 from slmserve.server.content_filter import ContentFilter
