@@ -32,7 +32,6 @@ from slmserve.settings import Settings
 NO_CALLS_GRAMMAR = grammar_from("lark", NO_CALLS)
 # The loop guard's DRY strength (llama.cpp's suggested multiplier), unless the request or the server sets DRY.
 GUARD_DRY_MULTIPLIER = 0.8
-
 # A grammar that takes longer than this to check is refused (llguidance's fuel limits bound it as well).
 GRAMMAR_CHECK_SECONDS = 2.0
 
@@ -251,42 +250,6 @@ class Serving:
         async for i, out in self.stream_choices(prompt_ids, params, n, adapter):
             choices[i].add(out)
         return choices
-
-    def token_str(self, token_id: int) -> str:
-        return self.model.tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
-
-    def chat_logprobs(self, lps: list[TokenLogprobs]) -> oa.ChoiceLogprobs | None:
-        if not lps:
-            return None
-        content = []
-        for lp in lps:
-            tok = self.model.tokenizer.token_bytes(lp.token_id)
-            tops = [
-                oa.TopLogprob(token=self.token_str(t), logprob=v, bytes=list(self.model.tokenizer.token_bytes(t)))
-                for t, v in lp.top
-            ]
-            content.append(
-                oa.TokenLogprob(
-                    token=tok.decode("utf-8", errors="replace"),
-                    logprob=lp.logprob,
-                    bytes=list(tok),
-                    top_logprobs=tops,
-                )
-            )
-        return oa.ChoiceLogprobs(content=content)
-
-    def completion_logprobs(self, lps: list[TokenLogprobs], offset: int) -> oa.CompletionLogprobs | None:
-        if not lps:
-            return None
-        out = oa.CompletionLogprobs()
-        for lp in lps:
-            token = self.token_str(lp.token_id)
-            out.tokens.append(token)
-            out.token_logprobs.append(lp.logprob)
-            out.top_logprobs.append({self.token_str(t): v for t, v in lp.top})
-            out.text_offset.append(offset)
-            offset += len(token)
-        return out
 
 
 async def _accounted(

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from slmserve.engine.sampling import SamplingParams
 from slmserve.server import errors
+from slmserve.server.logprobs import chat_logprobs
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, usage
 from slmserve.server.streams import primed, sse_stream
@@ -102,7 +103,7 @@ def _choice(serving: Serving, c: Choice, tool_use: ToolUse | None, logprobs: boo
     return oa.ChatChoice(
         index=c.index,
         message=oa.AssistantMessage(content=content, tool_calls=calls or None),
-        logprobs=serving.chat_logprobs(c.logprobs) if logprobs else None,
+        logprobs=chat_logprobs(serving.model.tokenizer, c.logprobs) if logprobs else None,
         finish_reason="tool_calls" if calls else c.finish_reason,
         closed_at_budget=c.closed,
         stop_reason=c.stop_reason,
@@ -115,7 +116,7 @@ async def _chunks(run: ChatRun, stream, include_usage: bool) -> AsyncIterator[oa
     choices = [Choice(i) for i in range(n)]
 
     def chunk(i: int, delta: oa.DeltaMessage, out=None, finish_reason: str | None = None) -> oa.ChatCompletionChunk:
-        lps = serving.chat_logprobs(out.logprobs) if out is not None else None
+        lps = chat_logprobs(serving.model.tokenizer, out.logprobs) if out is not None else None
         closed, stop = (choices[i].closed, choices[i].stop_reason) if finish_reason else (None, None)
         one = oa.ChatChunkChoice(
             index=i, delta=delta, logprobs=lps, finish_reason=finish_reason, closed_at_budget=closed, stop_reason=stop

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from slmserve.server import errors
 from slmserve.server.limits import off_loop
+from slmserve.server.logprobs import completion_logprobs
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, usage
 from slmserve.server.streams import merge, primed, sse_stream
@@ -60,7 +61,7 @@ async def create_completion(serving: Serving, req: oa.CompletionRequest) -> oa.C
                 oa.CompletionChoice(
                     index=len(choices),
                     text=echo[k] + c.text,
-                    logprobs=serving.completion_logprobs(c.logprobs, len(echo[k])),
+                    logprobs=completion_logprobs(serving.model.tokenizer, c.logprobs, len(echo[k])),
                     finish_reason=c.finish_reason,
                     closed_at_budget=c.closed,
                 )
@@ -84,7 +85,7 @@ async def _chunks(serving: Serving, req, adapter, prompts, stream, echo, include
             choice = oa.CompletionChoice(
                 index=k * n + i,
                 text=out.text,
-                logprobs=serving.completion_logprobs(out.logprobs, 0),
+                logprobs=completion_logprobs(serving.model.tokenizer, out.logprobs, 0),
                 finish_reason=out.finish_reason,
                 closed_at_budget=out.closed if out.finished else None,
             )
