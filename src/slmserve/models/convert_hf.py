@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmserve.models import weights
+from slmserve.models.cache_files import cache_prefix, file_key, into_place
 from slmserve.models.convert_vocab import UnsupportedModel, add_vocab
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,12 @@ def weight_files(model_dir: Path) -> list[Path]:
 
 def cache_path(model_dir: Path, cache_dir: Path) -> Path:
     """Where the directory's conversion lives: named by its place, keyed by the content of its config, tokenizer and
-    weight files (weights.file_key: size, mtime, first and last MiB) and the recipe."""
+    weight files (file_key: size, mtime, first and last MiB) and the recipe."""
     digest = hashlib.sha256(f"r{RECIPE}".encode())
     for path in [model_dir / name for name in _INPUTS] + weight_files(model_dir):
         if path.is_file():
-            digest.update(f"{path.name}:{weights.file_key(path)};".encode())
-    return cache_dir / "hf-gguf" / f"{weights.cache_prefix(model_dir)}{digest.hexdigest()[:16]}-r{RECIPE}.gguf"
+            digest.update(f"{path.name}:{file_key(path)};".encode())
+    return cache_dir / "hf-gguf" / f"{cache_prefix(model_dir)}{digest.hexdigest()[:16]}-r{RECIPE}.gguf"
 
 
 def cached_gguf(model_dir: Path, cache_dir: Path) -> Path:
@@ -70,7 +70,7 @@ def cached_gguf(model_dir: Path, cache_dir: Path) -> Path:
         return out
     start = time.perf_counter()
     log.info("converting %s to GGUF for llama.cpp (once; cached in %s)", model_dir, out.parent)
-    with weights.into_place(out) as tmp:
+    with into_place(out) as tmp:
         convert(model_dir, tmp)
     log.info("converted %s in %.1f s", model_dir.name, time.perf_counter() - start)
     _prune(model_dir, out)
@@ -81,9 +81,12 @@ def _prune(model_dir: Path, current: Path) -> None:
     """Remove conversions of what the directory held before, with their requantized copies (each a whole model kept
     for good otherwise), and temporary files of conversions killed over an hour ago."""
     stale = []
-    for old in current.parent.glob(f"{glob.escape(weights.cache_prefix(model_dir))}*.gguf"):
+    for old in current.parent.glob(f"{glob.escape(cache_prefix(model_dir))}*.gguf"):
         if old != current:
-            stale += [old, *(current.parent.parent / "weights").glob(f"{glob.escape(weights.cache_prefix(old))}*.gguf")]
+            stale += [
+                old,
+                *(current.parent.parent / "weights").glob(f"{glob.escape(cache_prefix(old))}*.gguf"),
+            ]
     cutoff = time.time() - 3600  # a conversion in progress (another server starting) is seconds old
     for tmp in current.parent.glob(".tmp-*.gguf"):
         with contextlib.suppress(OSError):  # gone meanwhile: renamed into place by another server

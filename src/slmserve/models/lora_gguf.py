@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slmserve.models.cache_files import file_key, into_place
 from slmserve.models.convert_hf import permute_rope
-from slmserve.models.weights import file_key, into_place
 
 # Bumped when the way a file is made changes, so old cache files are not reused.
 _RECIPE = 2

@@ -80,7 +80,7 @@ class AssembledModel(KnownModel):
 def _assemble(package, target: Path) -> None:
     """package.assemble() into a temporary file beside target, renamed onto it once complete and checked: a server
     killed mid-write, or two starting at once, never leave a partial file under the final name."""
-    from slmserve.models.weights import into_place
+    from slmserve.models.cache_files import into_place
 
     with into_place(target) as tmp:
         package.assemble(str(tmp), overwrite=True)

@@ -13,15 +13,14 @@ import contextlib
 import ctypes
 import functools
 import glob
-import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from slmserve.models.cache_files import cache_prefix, file_key, into_place
 
 log = logging.getLogger(__name__)
 
@@ -132,24 +131,6 @@ def auto_target(types: Counter[str], family: str | None) -> tuple[str | None, st
     return target, f"{share:.0%} of the weights ({main}) miss {family}'s fast kernels"
 
 
-def file_key(path: Path) -> str:
-    """The file's identity: size, modification time and a hash of its first and last MiB."""
-    stat = path.stat()
-    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    with path.open("rb") as f:
-        digest.update(f.read(1 << 20))
-        f.seek(max(0, stat.st_size - (1 << 20)))
-        digest.update(f.read())
-    return digest.hexdigest()[:16]
-
-
-def cache_prefix(path: Path) -> str:
-    """How the names of the cached copies of the file at `path` begin: its stem and where it lives, hashed, so the
-    cache tells a changed file (this prefix, another key) from another file."""
-    place = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
-    return f"{path.name.removesuffix('.gguf')}-{place}-"
-
-
 def _version() -> str:
     import llama_cpp
 
@@ -249,22 +230,6 @@ def requantize(src: Path, out: Path, target: str, head: str | None = None) -> No
         if C.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0:
             raise WeightsError(f"llama.cpp could not requantize {src.name} to {target}")
         log.info("requantized %s to %s in %.1f s", src.name, target, time.perf_counter() - start)
-
-
-@contextlib.contextmanager
-def into_place(out: Path) -> Iterator[Path]:
-    """A temporary path beside `out` to write to; renamed onto out (readable by all: a cache is read by whoever
-    serves the model) when the block ends, removed if it raises. A crash, or two servers starting at once, never
-    leave half a file under the final name."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".gguf")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 class _GGUFInitParams(ctypes.Structure):
