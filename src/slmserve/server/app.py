@@ -19,7 +19,8 @@ from slmserve.server.drain import DrainGate
 from slmserve.server.limits import BodyLimit
 from slmserve.server.request_context import RequestContext
 from slmserve.server.responses import routes as responses
-from slmserve.server.routes import adapters, gateway, generate, health, openai, slm, ui
+from slmserve.server.routes import adapters, health, openai, ui
+from slmserve.server.seeds import chat, generate, slm
 from slmserve.server.served_by import ReplicaHeader
 from slmserve.settings import Settings
 
@@ -62,7 +63,7 @@ def create_app(settings: Settings, model: LoadedModel | None = None, connect: Co
         RequestContext, request_timeout=settings.request_timeout, json_logs=settings.log_format == "json"
     )
     errors.install_handlers(app, settings.retry_after)
-    for module in (health, openai, adapters, responses, anthropic, gateway, slm, generate, ui):
+    for module in (health, openai, adapters, responses, anthropic, chat, slm, generate, ui):
         app.include_router(module.router)
     ui.mount_static(app)
     return app

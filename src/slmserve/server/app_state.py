@@ -20,10 +20,10 @@ from slmserve.engine.engine import AdapterInUseError
 from slmserve.engine.loader import LoadedModel, load_model
 from slmserve.server import errors
 from slmserve.server.content_filter import ContentFilter
-from slmserve.server.drain import Drain
 from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.serving import Serving
+from slmserve.server.drain import Drain
 from slmserve.server.store import open_store
 from slmserve.settings import Settings
 
@@ -54,7 +54,6 @@ class ModelState:
     load_error: str | None = None
     loading: bool = False
     unloading: bool = False  # an unload is draining requests: on-demand loads wait for no one, they are refused
-    slm_adapter: str | None = None  # the adapter /slm/load loaded last: /slm/generate and /slm/stream use it
     _lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -96,7 +95,6 @@ class ModelState:
         if self.model is not None:
             self.model.close()
         self.model = self.engine = self.serving = None
-        self.slm_adapter = None
         gc.collect()  # what only a cycle still holds goes now, not at some later collection
 
     async def load(self) -> bool:
@@ -134,18 +132,8 @@ class ModelState:
                 self.unloading = False
             return True
 
-    async def load_on_demand(self) -> None:
-        """Load for a route that loads when unloaded (/slm/generate, /slm/stream); 503 while an unload is under
-        way, so such a request never undoes the unload it raced with."""
-        if self.unloading:
-            raise errors.APIError(
-                503, "The model is being unloaded; POST /slm/load to load it again.", code="model_unloading"
-            )
-        await self.load()
-
-    async def load_adapter(self, path: str, name: str | None = None, for_slm: bool = True) -> tuple[str, bool]:
-        """Load a LoRA adapter (loading the base model first if needed): (its name, True if loaded now). for_slm:
-        /slm/generate and /slm/stream use it from now on (seed 002's /slm/load).
+    async def load_adapter(self, path: str, name: str | None = None) -> tuple[str, bool]:
+        """Load a LoRA adapter (loading the base model first if needed): (its name, True if loaded now).
 
         The load runs on the engine thread between two steps, so requests in flight are not disturbed.
         """
@@ -158,7 +146,6 @@ class ModelState:
             )
         name = name or folder.name.removesuffix(".gguf")
         if model.adapters.get(name) == str(folder):
-            self.slm_adapter = name if for_slm else self.slm_adapter
             return name, False
         if name == model.name or name in model.adapters:
             raise errors.APIError(409, f"the name {name!r} is already taken; unload it or give another lora_name")
@@ -166,7 +153,6 @@ class ModelState:
             await self.engine.load_adapter(name, str(folder))
         except ValueError as exc:
             raise errors.APIError(400, str(exc), param="lora_path") from exc
-        self.slm_adapter = name if for_slm else self.slm_adapter
         return name, True
 
     async def unload_adapter(self, name: str) -> None:
@@ -178,8 +164,6 @@ class ModelState:
             await self.engine.unload_adapter(name)
         except AdapterInUseError as exc:
             raise errors.APIError(409, str(exc)) from exc
-        if self.slm_adapter == name:
-            self.slm_adapter = None
 
 
 class AppState:

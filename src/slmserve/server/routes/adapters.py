@@ -22,7 +22,7 @@ async def load_lora_adapter(
     req: pa.LoadLoRAAdapterRequest, state: AppState = Depends(get_app_state)
 ) -> PlainTextResponse:
     """Load a LoRA adapter between two engine steps (requests in flight go on); vLLM's answer text."""
-    name, _ = await state.default.load_adapter(req.lora_path, req.lora_name, for_slm=False)
+    name, _ = await state.default.load_adapter(req.lora_path, req.lora_name)
     return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
 

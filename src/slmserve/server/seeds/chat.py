@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from slmserve.server import serving_seeds
 from slmserve.server.app_state import get_serving, get_state
-from slmserve.server.protocol import seeds as sd
 from slmserve.server.protocol.errors import GUARDED, seed_errors
+from slmserve.server.seeds import protocol as sd
+from slmserve.server.seeds import serving as seed_serving
 from slmserve.server.serving import Serving
 from slmserve.server.strict_json import StrictJSONRoute
 
@@ -27,15 +27,15 @@ async def root(request: Request) -> dict:
 @router.post("/infer", response_model=sd.InferResponse, responses=GENERATES)
 async def infer(req: sd.InferRequest, serving: Serving = Depends(get_serving)) -> sd.InferResponse:
     """The assistant's answer only (the seed echoed the whole prompt back; this does not)."""
-    choice, _ = await serving_seeds.answer(serving, req)
+    choice, _ = await seed_serving.answer(serving, req)
     return sd.InferResponse(response=choice.text)
 
 
 @router.post("/chat", response_model=sd.ChatResponse, responses=GENERATES)
 async def chat(req: sd.ChatRequest, serving: Serving = Depends(get_serving)) -> sd.ChatResponse:
-    return await serving_seeds.chat(serving, req)
+    return await seed_serving.chat(serving, req)
 
 
 @router.post("/chat/batched", response_model=sd.BatchedResponse, responses=GENERATES)
 async def chat_batched(req: sd.BatchedRequest, serving: Serving = Depends(get_serving)) -> sd.BatchedResponse:
-    return await serving_seeds.chat_batched(serving, req)
+    return await seed_serving.chat_batched(serving, req)

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 
 from pydantic import ValidationError
 
+from slmserve import __version__
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server import errors
-from slmserve.server.app_state import ModelState
-from slmserve.server.protocol import seeds as sd
+from slmserve.server.app_state import AppState, ModelState
+from slmserve.server.seeds import protocol as sd
 from slmserve.server.serving import Choice, Serving, usage
 from slmserve.server.streams import sse
 
@@ -119,14 +120,25 @@ def slm_settings(req: sd.SlmGenerateRequest) -> dict:
     return {"max_new_tokens": req.max_new_tokens, "temperature": req.temperature, "do_sample": req.do_sample}
 
 
-async def slm_generate(state: ModelState, req: sd.SlmGenerateRequest) -> dict:
-    await state.load_on_demand()
+async def load_on_demand(state: ModelState) -> None:
+    """Load for a route that loads when unloaded (/slm/generate, /slm/stream); 503 while an unload is under way,
+    so such a request never undoes the unload it raced with."""
+    if state.unloading:
+        raise errors.APIError(
+            503, "The model is being unloaded; POST /slm/load to load it again.", code="model_unloading"
+        )
+    await state.load()
+
+
+async def slm_generate(state: ModelState, req: sd.SlmGenerateRequest, adapter: str | None) -> dict:
+    """/slm/generate, with the adapter /slm/load chose (None: the base model)."""
+    await load_on_demand(state)
     serving = state.serving
     if serving is None:
         raise state.not_ready()
     messages = seed_messages("", req.prompt)
     ids = await serving.chat_prompt_ids(messages)
-    choice = (await serving.collect(ids, slm_params(serving, req, len(ids)), 1, state.slm_adapter))[0]
+    choice = (await serving.collect(ids, slm_params(serving, req, len(ids)), 1, adapter))[0]
     return {
         "success": True,
         "prompt": req.prompt,
@@ -137,12 +149,12 @@ async def slm_generate(state: ModelState, req: sd.SlmGenerateRequest) -> dict:
     }
 
 
-async def slm_stream(state: ModelState, req: sd.SlmGenerateRequest) -> AsyncIterator[str]:
+async def slm_stream(state: ModelState, req: sd.SlmGenerateRequest, adapter: str | None) -> AsyncIterator[str]:
     """Seed 002's event sequence: load status (when loading on demand), then pieces, then a final event."""
     try:
         if state.serving is None:
             yield sse({"status": "Loading SLM model..."})
-            await state.load_on_demand()
+            await load_on_demand(state)
             yield sse({"status": f"Model loaded on {state.model.device}"})
         serving = state.serving
         if serving is None:
@@ -151,7 +163,7 @@ async def slm_stream(state: ModelState, req: sd.SlmGenerateRequest) -> AsyncIter
         params = slm_params(serving, req, len(ids))
         yield sse({"status": "Generating response..."})
         full = ""
-        async for _, out in serving.stream_choices(ids, params, 1, state.slm_adapter):
+        async for _, out in serving.stream_choices(ids, params, 1, adapter):
             if out.text:
                 full += out.text
                 yield sse({"text": out.text, "full_text": full, "is_complete": False})
@@ -168,3 +180,45 @@ async def slm_stream(state: ModelState, req: sd.SlmGenerateRequest) -> AsyncIter
     except (errors.APIError, RuntimeError) as exc:
         message = exc.message if isinstance(exc, errors.APIError) else str(exc)
         yield sse({"status": "error", "error": message, "is_complete": True})
+
+
+def info(state: ModelState) -> dict:
+    """Seed 004's /info: the model, the device, the /generate limits and the parameters it takes."""
+    s = state.settings
+    return {
+        "api_version": __version__,
+        "model": s.model_name,
+        "device": (state.model.device if state.model else DEVICE).upper(),
+        "max_length_limit": s.max_length_limit,
+        "default_max_length": s.default_max_length,
+        "default_temperature": s.default_temperature,
+        "supported_parameters": {
+            "prompt": {"type": "string", "min_length": 1, "max_length": 500},
+            "max_length": {"type": "integer", "min": 10, "max": s.max_length_limit, "default": s.default_max_length},
+            "temperature": {"type": "number", "min": 0.0, "max": 2.0, "default": s.default_temperature},
+            "top_k": {"type": "integer", "min": 0, "default": 50},
+            "top_p": {"type": "number", "min": 0.0, "max": 1.0, "default": 1.0},
+            "do_sample": {"type": "boolean", "default": True},
+        },
+    }
+
+
+def slm_info(app: AppState, state: ModelState, adapter: str | None) -> dict:
+    """Seed 002's /slm/info: whether the model is loaded, where, its adapters and the one /slm/load chose."""
+    model = state.model
+    adapters = dict(model.adapters) if model else {}
+    return {
+        "model_loaded": state.serving is not None,
+        "device": model.device if model else DEVICE,
+        "engine": model.backend if model else state.settings.engine,
+        "base_model": state.settings.model_name,
+        "model_path": model.source if model else None,
+        "weights": model.weights if model else None,
+        "lora_path": adapters.get(adapter),
+        "lora_name": adapter,
+        "adapters": adapters,
+        # every served model's backend (llama.cpp or torch), for servers of several models
+        "engines": {name: each.model.backend for name, each in app.models.items() if each.model},
+        "cuda_available": bool(model and model.device.startswith("cuda")),
+        "mps_available": False,
+    }

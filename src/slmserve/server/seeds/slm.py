@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from slmserve.server import errors, serving_seeds
-from slmserve.server.app_state import get_app_state, get_state
-from slmserve.server.protocol import seeds as sd
+from slmserve.server import errors
+from slmserve.server.app_state import ModelState, get_app_state, get_state
 from slmserve.server.protocol.errors import GUARDED, seed_errors
+from slmserve.server.seeds import protocol as sd
+from slmserve.server.seeds import serving as seed_serving
 from slmserve.server.strict_json import StrictJSONRoute
 
 router = APIRouter(prefix="/slm", route_class=StrictJSONRoute)
@@ -18,26 +19,23 @@ GENERATES = seed_errors(*GUARDED, 413, 422)
 LIFECYCLE = seed_errors(*GUARDED, 404, 409, 413, 422)
 
 
+def _chosen(request: Request) -> dict[str, str]:
+    """The adapter /slm/load chose last, by model: seed 002's state, kept here, not in the model's."""
+    if not hasattr(request.app.state, "slm_adapters"):
+        request.app.state.slm_adapters = {}
+    return request.app.state.slm_adapters
+
+
+def current_adapter(request: Request, state: ModelState) -> str | None:
+    """The adapter /slm/generate and /slm/stream answer with: /slm/load's last, while it is still loaded."""
+    name = _chosen(request).get(state.name)
+    return name if state.model is not None and name in state.model.adapters else None
+
+
 @router.get("/info", responses=seed_errors(*GUARDED))
 async def info(request: Request) -> dict:
     state = get_state(request)
-    model = state.model
-    adapters = dict(model.adapters) if model else {}
-    return {
-        "model_loaded": state.serving is not None,
-        "device": model.device if model else serving_seeds.DEVICE,
-        "engine": model.backend if model else state.settings.engine,
-        "base_model": state.settings.model_name,
-        "model_path": model.source if model else None,
-        "weights": model.weights if model else None,
-        "lora_path": adapters.get(state.slm_adapter),
-        "lora_name": state.slm_adapter,
-        "adapters": adapters,
-        # every served model's backend (llama.cpp or torch), for servers of several models
-        "engines": {name: each.model.backend for name, each in get_app_state(request).models.items() if each.model},
-        "cuda_available": bool(model and model.device.startswith("cuda")),
-        "mps_available": False,
-    }
+    return seed_serving.slm_info(get_app_state(request), state, current_adapter(request, state))
 
 
 @router.post("/load", responses=LIFECYCLE)
@@ -46,6 +44,7 @@ async def load(request: Request, req: sd.SlmLoadRequest | None = None) -> dict:
     state = get_state(request)
     if req is not None and req.lora_path:
         name, loaded_now = await state.load_adapter(req.lora_path, req.lora_name)
+        _chosen(request)[state.name] = name
         verb = "loaded successfully" if loaded_now else "already loaded"
         return {
             "success": True,
@@ -71,6 +70,7 @@ async def unload(request: Request, req: sd.SlmUnloadRequest | None = None) -> di
     if req is not None and req.lora_name is not None:
         await state.unload_adapter(req.lora_name)
         return {"success": True, "message": f"LoRA adapter {req.lora_name!r} unloaded"}
+    _chosen(request).pop(state.name, None)
     if await state.unload():
         return {"success": True, "message": "Model unloaded successfully"}
     return {"success": False, "message": "No model is loaded"}
@@ -79,7 +79,8 @@ async def unload(request: Request, req: sd.SlmUnloadRequest | None = None) -> di
 @router.post("/generate", responses=GENERATES)
 async def generate(request: Request, req: sd.SlmGenerateRequest) -> dict:
     """Loads the model on demand when it is unloaded."""
-    return await serving_seeds.slm_generate(get_state(request), req)
+    state = get_state(request)
+    return await seed_serving.slm_generate(state, req, current_adapter(request, state))
 
 
 @router.post(
@@ -92,5 +93,7 @@ async def stream(request: Request, req: sd.SlmGenerateRequest) -> StreamingRespo
     if state.content_filter.blocks(req.prompt):
         raise errors.blocked_content()
     return StreamingResponse(
-        serving_seeds.slm_stream(state, req), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        seed_serving.slm_stream(state, req, current_adapter(request, state)),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
     )
