@@ -2,7 +2,8 @@
 
 import pytest
 
-from slmserve.server import auth, rate_limits
+from slmserve.server import rate_limits
+from slmserve.server.middleware import auth
 from slmserve.settings import Settings
 
 

@@ -132,7 +132,7 @@ def _plain_type(annotation: Any) -> type:
 
 def setup_logging(settings: Settings) -> None:
     if settings.log_format == "json":
-        from slmserve.server.request_context import JSONFormatter
+        from slmserve.server.logs import JSONFormatter
 
         handler = logging.StreamHandler()
         handler.setFormatter(JSONFormatter())

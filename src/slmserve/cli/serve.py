@@ -21,7 +21,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from slmserve.server.app import create_app
-    from slmserve.server.drain import DrainingServer
+    from slmserve.server.shutdown import DrainingServer
 
     setup_logging(settings)
     app = checked(create_app, settings)

@@ -26,7 +26,7 @@ from slmserve.engine.loader import LoadedModel, load_vocab
 from slmserve.engine.sampling import SamplingParams
 from slmserve.engine.scheduler import QueueFullError
 from slmserve.server.engine_client import EngineClient
-from slmserve.server.served_by import served_by
+from slmserve.server.middleware.replica import served_by
 from slmserve.settings import Settings
 
 

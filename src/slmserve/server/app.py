@@ -13,15 +13,15 @@ from slmserve.engine.loader import LoadedModel
 from slmserve.server import errors
 from slmserve.server.anthropic import routes as anthropic
 from slmserve.server.app_state import AppState, Connect, run_here
-from slmserve.server.auth import Auth, load_keys
-from slmserve.server.disconnect import CancelOnDisconnect
-from slmserve.server.drain import DrainGate
-from slmserve.server.limits import BodyLimit
-from slmserve.server.request_context import RequestContext
+from slmserve.server.middleware.auth import Auth, load_keys
+from slmserve.server.middleware.body_size import BodyLimit
+from slmserve.server.middleware.disconnect import CancelOnDisconnect
+from slmserve.server.middleware.drain import DrainGate
+from slmserve.server.middleware.record import RequestContext
+from slmserve.server.middleware.replica import ReplicaHeader
 from slmserve.server.responses import routes as responses
 from slmserve.server.routes import adapters, health, openai, ui
 from slmserve.server.seeds import chat, generate, slm
-from slmserve.server.served_by import ReplicaHeader
 from slmserve.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
 from slmserve.server.metrics import Metrics
 from slmserve.server.serving import Serving
-from slmserve.server.drain import Drain
+from slmserve.server.shutdown import Drain
 from slmserve.server.store import open_store
 from slmserve.settings import Settings
 

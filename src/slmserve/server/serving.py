@@ -21,10 +21,10 @@ from slmserve.models.special_text import SpecialTextError
 from slmserve.server import errors, rate_limits
 from slmserve.server.content_filter import ContentFilter
 from slmserve.server.engine_client import EngineClient
-from slmserve.server.limits import off_loop
 from slmserve.server.metrics import Metrics
+from slmserve.server.middleware.record import current_record
+from slmserve.server.off_loop import off_loop
 from slmserve.server.protocol import openai as oa
-from slmserve.server.request_context import current_record
 from slmserve.server.streams import merge
 from slmserve.server.tools import NO_CALLS, ToolUse
 from slmserve.settings import Settings

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from slmserve.server import errors
-from slmserve.server.limits import off_loop
 from slmserve.server.logprobs import completion_logprobs
+from slmserve.server.off_loop import off_loop
 from slmserve.server.protocol import openai as oa
 from slmserve.server.serving import Choice, Serving, now, usage
 from slmserve.server.streams import merge, primed, sse_stream

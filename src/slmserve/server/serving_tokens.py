@@ -8,9 +8,9 @@ import numpy as np
 
 from slmserve.models.chat_template import text_of
 from slmserve.server import errors, rate_limits
-from slmserve.server.limits import off_loop
+from slmserve.server.middleware.record import current_record
+from slmserve.server.off_loop import off_loop
 from slmserve.server.protocol import embeddings as pe
-from slmserve.server.request_context import current_record
 from slmserve.server.serving import Serving
 from slmserve.server.serving_chat import chat_messages
 from slmserve.server.tools import ToolUse, render_history

@@ -1,10 +1,10 @@
 """Graceful drain: on SIGTERM or SIGINT stop admitting, let requests in flight finish, then exit 0.
 
-While draining, new requests get 503 with Retry-After in their route's shape and /health answers 503 `draining`
-(load balancers take the server out), but the port stays open so those answers reach clients. The server exits
-once nothing is in flight or --drain-timeout has passed, whichever comes first; a second signal exits at once.
-uvicorn alone closes the port on the first signal (new clients see connection refused) and re-raises the signal
-after shutdown, so SIGTERM exited 143 while SIGINT exited 0.
+While draining, new requests get 503 with Retry-After in their route's shape (middleware/drain.py) and /health
+answers 503 `draining` (load balancers take the server out), but the port stays open so those answers reach
+clients. The server exits once nothing is in flight or --drain-timeout has passed, whichever comes first; a second
+signal exits at once. uvicorn alone closes the port on the first signal (new clients see connection refused) and
+re-raises the signal after shutdown, so SIGTERM exited 143 while SIGINT exited 0.
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
-from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from slmserve.server import errors
 
 log = logging.getLogger(__name__)
 
@@ -29,32 +25,6 @@ class Drain:
 
     draining: bool = False
     in_flight: int = 0
-
-
-class DrainGate:
-    """The middleware: counts requests in flight; while draining, refuses new ones (but /health) with 503."""
-
-    def __init__(self, app: ASGIApp, drain: Drain, retry_after: int) -> None:
-        self.app, self.drain, self.retry_after = app, drain, retry_after
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/health":
-            await self.app(scope, receive, send)
-            return
-        if self.drain.draining:
-            refusal = errors.APIError(
-                503,
-                "The server is shutting down; retry on another instance or shortly.",
-                code="draining",
-                headers={"Retry-After": str(max(1, self.retry_after))},
-            )
-            await errors.respond(Request(scope), refusal)(scope, receive, send)
-            return
-        self.drain.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.drain.in_flight -= 1
 
 
 class DrainingServer(uvicorn.Server):

@@ -1,18 +1,9 @@
-"""What one request may cost the server before any work: its body's size, and the event loop's time.
-
-The body is held to --max-body-bytes before it is read: a Content-Length over the limit is refused without calling
-the route, and a chunked body is counted as it arrives and refused at the first chunk past the limit. The per-field
-bounds (messages, stop strings, logit_bias, ...) are checked as the body is validated (protocol/limits.py).
-
-Long text is tokenized in a worker thread (`off_loop`): llama.cpp tokenizes ~0.3 ms per 1,000 characters (a 2 MiB
-prompt ~0.6-1.5 s) and releases the GIL meanwhile, so /health and other requests are not kept waiting.
+"""A request body is held to --max-body-bytes before it is read: a Content-Length over the limit is refused without
+calling the route, and a chunked body is counted as it arrives and refused at the first chunk past the limit. The
+per-field bounds (messages, stop strings, logit_bias, ...) are checked as the body is validated (protocol/limits.py).
 """
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import Callable
-from typing import TypeVar
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -20,19 +11,6 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slmserve.server import errors
-
-T = TypeVar("T")
-
-# Below this many characters tokenizing takes ~5 ms: done in place, it costs less than a thread's round trip and
-# leaves the worker threads free for the long ones.
-OFF_LOOP_CHARS = 16_384
-
-
-async def off_loop(size: int, work: Callable[[], T]) -> T:
-    """work() in place when size (characters to tokenize) is small, else in a worker thread."""
-    if size < OFF_LOOP_CHARS:
-        return work()
-    return await asyncio.to_thread(work)
 
 
 class BodyLimit:

@@ -8,7 +8,6 @@ aborts the engine's work once the deadline has passed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -113,19 +112,3 @@ class RequestContext:
         if not (asked > 0 and math.isfinite(asked)):
             raise errors.APIError(400, f"{TIMEOUT_HEADER} must be a positive number of seconds", param=TIMEOUT_HEADER)
         return min(asked, self.request_timeout) if self.request_timeout else asked
-
-
-class JSONFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, and a request's fields when the line is one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update(getattr(record, "request", {}))
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)

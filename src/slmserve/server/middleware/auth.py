@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slmserve.server import errors
+from slmserve.server.middleware.record import current_record
 from slmserve.server.rate_limits import Client, Limiter, current_client
-from slmserve.server.request_context import current_record
 from slmserve.settings import Settings
 
 # What anyone may reach: the health checks, the pages and the API's own description. Everything else (the model,
