@@ -12,7 +12,7 @@ A server that does not know these extras ignores them, so every arm then measure
 arm, temperature, max_tokens and task: valid % (jsonschema), closed before the budget % (finish stop / tool_calls
 and no closed_at_budget), repeated list items (equal to an earlier item of the same list; answers that do not parse
 are read leniently), repeated tool calls, mean tokens. Speed: tok/s of the constrained requests against the same
-prompts unconstrained (same max_tokens, EOS as usual), in alternating rounds at each --concurrency. --small-budgets
+prompts unconstrained for as many tokens (ignore_eos), in rounds at each --concurrency. --small-budgets
 sweeps max_tokens from a few tokens above each schema's minimum (from the server's 400, else 8) up to 64 at T=0.
 Writes summary.json and results.jsonl (every request) to --out.
 
@@ -164,19 +164,27 @@ def small_budgets(url: str, args, tasks: list[dict], arms: list[str], layout: st
 
 
 def speed(url: str, args, tasks: list[dict], arms: list[str], layout: str) -> tuple[list[dict], list[dict]]:
-    """tok/s at each concurrency: rounds of the same prompts plain, then under each arm's constraints, T=0."""
+    """tok/s at each concurrency, T=0, in rounds: the prompts under each arm's constraints, then the same prompts
+    unconstrained for as many tokens as the first arm's answer to each took (ignore_eos), so both sides do the same
+    work; unconstrained answers to these prompts mostly run to max_tokens, and a shorter answer pays its prefill
+    over fewer tokens (tool definitions are in the constrained prompts only: that cost stays in)."""
     records, rows = [], []
     for c in args.concurrency:
         prompts = [(t, i, p) for t in tasks for i, p in enumerate(t["prompts"][: args.speed_prompts])]
         prompts = (prompts * (2 * c // len(prompts) + 1))[: max(len(prompts), 2 * c)]  # at least 2 per user
         rates: dict[str, list[float]] = {}
         for round_no in range(1, args.rounds + 1):
-            for mode in ["plain", *arms]:
+            lengths: list[int] = []
+            for mode in [*arms, "plain"]:
                 jobs = [
                     request(t, p, args.max_tokens, 0.0, ARMS.get(mode, {}), mode != "plain") | {"prompt": i}
                     for t, i, p in prompts
                 ]  # fmt: skip
+                if mode == "plain":
+                    for job, n in zip(jobs, lengths, strict=True):
+                        job["body"] |= {"max_tokens": max(n, 1), "ignore_eos": True}
                 wall = asyncio.run(run_jobs(url, jobs, c))
+                lengths = lengths or [tokens(j) for j in jobs]
                 rates.setdefault(mode, []).append(sum(map(tokens, jobs)) / wall)
                 records += [{"phase": "speed", "layout": layout, "mode": mode, "concurrency": c, "round": round_no,
                              "task": j["task"], "prompt": j["prompt"], "status": j["status"], "tokens": tokens(j),
