@@ -207,7 +207,7 @@ class LoopGuard:
                     self.in_string = False
                     back_to = self._key_read(i) if back_to is None else back_to
                 elif b in loops.BOUNDARY and back_to is None and self._string_start not in self.cut_strings:
-                    found = loops.string_loop(self.buf, self._string_start, i)
+                    found = loops.loop_at(self.buf, self._string_start + 1, i)
                     found = self._clauses.done(self.buf, i) if found is None else found
                     if found is not None:  # the string is to be closed there
                         self.cut_strings.add(self._string_start)

@@ -39,7 +39,7 @@ class RepeatedLines:
         the fifth of a family, or a unit repeated within its lines), else None."""
         if buf[i] == _NEWLINE and (found := self.newline(buf, i)) is not None:
             return found
-        return text_loop(buf, i) if buf[i] == _NEWLINE or buf[i] in BOUNDARY else None
+        return loop_at(buf, 0, i, words=True) if buf[i] == _NEWLINE or buf[i] in BOUNDARY else None
 
     def may_repeat(self, buf: bytearray) -> bool:
         """Whether the line being written could still turn out a third copy (it is held until it cannot)."""
@@ -71,17 +71,11 @@ def looping_tail(text: bytes, words: bool = False) -> int | None:
     return None
 
 
-def string_loop(buf: bytearray, string_start: int, i: int) -> int | None:
-    """A JSON string (its quote at string_start) whose text ends at i in a loop: where its second copy begins."""
-    start = max(string_start + 1, i + 1 - TAIL_BYTES)  # a loop shows in the tail: the cost stays flat
-    found = looping_tail(bytes(buf[start : i + 1]))
-    return None if found is None else start + found
-
-
-def text_loop(buf: bytearray, i: int) -> int | None:
-    """A plain-text answer whose text ends at i in a loop of words or numbers: where its second copy begins."""
-    start = max(0, i + 1 - TAIL_BYTES)
-    found = looping_tail(bytes(buf[start : i + 1]), words=True)
+def loop_at(buf: bytearray, first: int, i: int, words: bool = False) -> int | None:
+    """Text from `first` (a JSON string's first byte, or 0 for a plain-text answer) that ends at i in a loop
+    (looping_tail, with `words`): where its second copy begins in buf, else None."""
+    start = max(first, i + 1 - TAIL_BYTES)  # a loop shows in the tail: the cost stays flat
+    found = looping_tail(bytes(buf[start : i + 1]), words)
     return None if found is None else start + found
 
 
